@@ -1,0 +1,91 @@
+"""Command line: run the exporter, check a config, poll one device once, or run the demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from . import __version__, logs
+from .app import Exporter, run_until_signal
+from .config import ConfigError, load_config, parse_config
+
+PROG = "lektrico-exporter"
+log = logging.getLogger("lektrico")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Prometheus and InfluxDB exporter for Lektri.co chargers and energy meters.",
+        epilog=f"`{PROG} simulate --help` runs a simulated fleet of devices.",
+    )
+    p.add_argument("--config", "-c", metavar="FILE", help="YAML configuration file")
+    p.add_argument(
+        "--check-config",
+        action="store_true",
+        help="validate the configuration and exit (status 2 when invalid)",
+    )
+    p.add_argument(
+        "--once",
+        metavar="TARGET",
+        help="poll one device (configured name, or HOST[:PORT]) and print its metrics",
+    )
+    p.add_argument(
+        "--demo",
+        metavar="N",
+        type=int,
+        help="start N simulated devices on 127.0.0.1 and export them",
+    )
+    p.add_argument("--listen", metavar="HOST:PORT", help="override the config's listen address")
+    p.add_argument("--log.level", dest="log_level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log.format", dest="log_format", choices=["logfmt", "json"])
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    return p
+
+
+def fail_config(exc: ConfigError) -> int:
+    print(f"{PROG}: config error: {exc}", file=sys.stderr)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["simulate"]:
+        from .simulator import cli as sim
+
+        sim_parser = argparse.ArgumentParser(
+            prog=f"{PROG} simulate", description="Serve a simulated fleet on loopback."
+        )
+        sim.add_arguments(sim_parser)
+        return sim.run(sim_parser.parse_args(args_list[1:]))
+    args = parser().parse_args(args_list)
+    try:
+        config = load_config(args.config) if args.config else parse_config("{}")
+        if args.listen:
+            config = config.model_copy(update={"listen": args.listen})
+    except ConfigError as exc:
+        return fail_config(exc)
+    logs.setup(args.log_level or config.log.level, args.log_format or config.log.format)
+    if args.check_config:
+        print(f"{PROG}: config OK: {len(config.devices)} devices")
+        return 0
+    try:
+        if args.once:
+            from .oneshot import poll_once
+
+            return asyncio.run(poll_once(config, args.once))
+        if args.demo is not None:
+            from .demo import run_demo
+
+            return asyncio.run(run_demo(config, args.demo, listen_given=bool(args.listen)))
+        asyncio.run(run_until_signal(Exporter(config)))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

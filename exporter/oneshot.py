@@ -1,0 +1,31 @@
+"""`--once TARGET`: poll one device now and print what the exporter would export for it."""
+
+from __future__ import annotations
+
+import sys
+
+from .app import settings_of, target_of
+from .config import Config
+from .poller import Poller
+from .prometheus import render_probe
+
+
+async def poll_once(config: Config, target: str) -> int:
+    poller = Poller(settings_of(config), [])
+    try:
+        poller.set_targets(target_of(d) for d in config.devices)
+        st = poller.find(target)
+        if st is None:
+            url = target if "://" in target else f"http://{target}"
+            st = poller.adhoc(target, url.rstrip("/"))
+        reading = await poller.poll(st)
+    finally:
+        await poller.close()
+    sys.stdout.write(render_probe(reading).decode())
+    if not reading.up:
+        print(
+            f"lektrico-exporter: {target} is down: {reading.reason}: {reading.error}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

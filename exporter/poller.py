@@ -1,0 +1,421 @@
+"""The fleet poller: when to ask which device what, and what a poll produced.
+
+- Each device is polled every `interval`, start times spread over the interval (by a hash of the
+  name, stable across reloads), at most `concurrency` polls in flight, each bounded by `timeout`.
+- A poll never overlaps the previous poll of the same device; /probe shares the poll in flight.
+- Request economy: the main method every poll; Active_errors only when the charger says it has
+  active errors; counters, currents, Wi-Fi and configuration every `slow_interval` (at most two
+  a poll, and all of them on a device's first good poll); identity every `identity_interval`;
+  counters again when the session changes.
+- A device that keeps failing is polled less often (exponential backoff up to `max_backoff`),
+  and its `lektrico_up 0` is republished at every attempt.
+Every poll ends in one Reading, handed to the output sinks; outputs never call devices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import math
+import time
+import zlib
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from . import catalogue as cat
+from .catalogue import Cadence, Model
+from .normalise import check_main_reply, extract, inactive_errors, normalise_reply, to_number
+from .protocol import DeviceClient, MethodUnknown, PollError
+from .reading import Labels, Reading, Sample
+from .selfmetrics import SelfMetrics
+
+log = logging.getLogger("lektrico.poller")
+Sink = Callable[[Reading], None]
+MAX_SLOW_PER_POLL = 2
+AE = "Active_errors.Get"
+CC = "Counters_config.Get"
+HEALTH_ONLY = frozenset({cat.Group.HEALTH})
+HEALTH_AND_LIVE = frozenset({cat.Group.HEALTH, cat.Group.LIVE})
+
+
+@dataclass(frozen=True)
+class Target:
+    """A device to poll, as the poller needs it (built from the config)."""
+
+    name: str
+    base_url: str
+    labels: Labels = ()
+    timeout: float | None = None
+    model: str | None = None
+    auth: aiohttp.BasicAuth | None = None
+
+
+@dataclass(frozen=True)
+class PollSettings:
+    interval: float = 15.0
+    timeout: float = 5.0
+    concurrency: int = 64
+    slow_interval: float = 600.0
+    identity_interval: float = 3600.0
+    max_backoff: float = 300.0
+
+
+@dataclass
+class DeviceState:
+    target: Target
+    client: DeviceClient
+    model: Model | None = None
+    replies: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fetched: dict[str, float] = field(default_factory=dict)
+    unsupported: set[str] = field(default_factory=set)
+    last_success: float | None = None
+    failures: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    dropped: Counter[str] = field(default_factory=Counter)
+    reading: Reading | None = None
+    inflight: asyncio.Task[Reading] | None = None
+    current_method: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.target.name
+
+
+def spread(name: str, interval: float) -> float:
+    """A stable offset in [0, interval) so a fleet's polls are not all in the same millisecond."""
+    return (zlib.crc32(name.encode()) / 2**32) * interval
+
+
+def new_session(concurrency: int) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(
+        limit=max(concurrency * 2, 100),
+        limit_per_host=1,
+        keepalive_timeout=3.0,
+        ttl_dns_cache=300,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None),
+        skip_auto_headers=("User-Agent",),
+        headers={"User-Agent": "lektrico-exporter"},
+        auto_decompress=False,
+    )
+
+
+class DevicePoller:
+    """Polls one device at a time: the request logic, without any scheduling."""
+
+    def __init__(self, settings: PollSettings, metrics: SelfMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+
+    async def poll(self, st: DeviceState, timeout: float | None = None) -> Reading:
+        budget = timeout if timeout is not None else (st.target.timeout or self.settings.timeout)
+        wall, t0 = time.time(), time.monotonic()
+        requests_before = st.client.requests
+        fresh: dict[str, dict[str, Any]] = {}
+        st.current_method = None
+        failure: PollError | None = None
+        try:
+            async with asyncio.timeout(budget):
+                await self._collect(st, t0, fresh)
+        except PollError as exc:
+            failure = exc
+        except TimeoutError:
+            failure = PollError("timeout", f"no reply within {budget:g}s", st.current_method)
+        except Exception as exc:  # a device must never take the poller down
+            log.exception("unexpected error polling %s", st.name)
+            failure = PollError("schema", f"unexpected {type(exc).__name__}", st.current_method)
+        duration = time.monotonic() - t0
+        self.metrics.requests.inc(st.client.requests - requests_before)
+        if failure is None:
+            self._succeeded(st, fresh, t0, wall)
+        else:
+            self._failed(st, failure)
+        reading = self._reading(st, wall, duration, failure)
+        st.reading = reading
+        return reading
+
+    async def _get(self, st: DeviceState, method: str) -> dict[str, Any]:
+        st.current_method = method
+        return normalise_reply(await st.client.get(method))
+
+    async def _collect(self, st: DeviceState, now: float, fresh: dict[str, dict[str, Any]]) -> None:
+        first = st.last_success is None or st.failures > 0
+        if st.model is None or now - st.fetched.get("identity", -math.inf) >= (
+            self.settings.identity_interval
+        ):
+            await self._identify(st, fresh)
+            st.fetched["identity"] = now
+        assert st.model is not None
+        main = cat.MAIN_METHOD[st.model.kind]
+        reply = await self._get(st, main)
+        check_main_reply(main, reply)
+        fresh[main] = reply
+        if st.model.kind == cat.CHARGER:
+            await self._errors(st, reply, fresh)
+            previous = st.replies.get(main, {}).get("session_id")
+            if previous is not None and previous != reply.get("session_id"):
+                st.fetched.pop(CC, None)
+        for method in self._slow_due(st, now, first):
+            try:
+                fresh[method] = await self._get(st, method)
+            except MethodUnknown:
+                st.unsupported.add(method)
+            st.fetched[method] = now
+
+    async def _identify(self, st: DeviceState, fresh: dict[str, dict[str, Any]]) -> None:
+        st.unsupported.clear()  # firmware may have been updated
+        for method in ("Device_info.Get", cat.DEVICE_ID_METHOD):
+            try:
+                fresh[method] = await self._get(st, method)
+                break
+            except MethodUnknown:
+                continue
+        device_id = next((r.get("device_id") for r in fresh.values() if "device_id" in r), None)
+        name = cat.model_from_device_id(device_id if isinstance(device_id, str) else None)
+        if name == "unknown" and st.target.model:
+            name = st.target.model
+        st.model = cat.MODELS[name]
+        for m in cat.methods_for(st.model.kind):
+            if m.cadence is Cadence.IDENTITY and m.name not in fresh:
+                try:
+                    fresh[m.name] = await self._get(st, m.name)
+                except MethodUnknown:
+                    st.unsupported.add(m.name)
+
+    async def _errors(
+        self, st: DeviceState, info: dict[str, Any], fresh: dict[str, dict[str, Any]]
+    ) -> None:
+        flag, _ = to_number(info.get("has_active_errors", True), boolean=True)
+        if flag == 0.0:
+            fresh[AE] = inactive_errors(st.replies)
+        elif AE not in st.unsupported:
+            try:
+                fresh[AE] = await self._get(st, AE)
+            except MethodUnknown:
+                st.unsupported.add(AE)
+
+    def _slow_due(self, st: DeviceState, now: float, first: bool) -> list[str]:
+        assert st.model is not None
+        due = [
+            (st.fetched.get(m.name, -math.inf), m.name)
+            for m in cat.methods_for(st.model.kind)
+            if m.cadence is Cadence.SLOW
+            and m.name not in st.unsupported
+            and now - st.fetched.get(m.name, -math.inf) >= self.settings.slow_interval
+        ]
+        due.sort()
+        names = [name for _, name in due]
+        return names if first else names[:MAX_SLOW_PER_POLL]
+
+    def _succeeded(
+        self, st: DeviceState, fresh: dict[str, dict[str, Any]], t0: float, wall: float
+    ) -> None:
+        if st.failures and st.reading is not None:
+            log.info("device %s is up again after %d failed polls", st.name, st.failures)
+        st.replies.update(fresh)
+        for method in st.unsupported:
+            st.replies.pop(method, None)
+        st.failures = 0
+        st.last_success = wall
+
+    def _failed(self, st: DeviceState, failure: PollError) -> None:
+        st.errors[failure.reason] += 1
+        if st.failures == 0:
+            log.warning("device %s is down: %s: %s", st.name, failure.reason, failure)
+        st.failures += 1
+
+    def _reading(
+        self, st: DeviceState, wall: float, duration: float, failure: PollError | None
+    ) -> Reading:
+        model = st.model or cat.MODELS["unknown"]
+        samples: list[Sample] = [
+            Sample("lektrico_up", (), 0.0 if failure else 1.0),
+            Sample("lektrico_poll_duration_seconds", (), duration),
+        ]
+        if st.last_success is not None:
+            samples.append(
+                Sample("lektrico_last_poll_success_timestamp_seconds", (), st.last_success)
+            )
+        if st.replies:
+            groups = HEALTH_ONLY if failure else HEALTH_AND_LIVE
+            samples.extend(extract(model, st.replies, st.dropped, groups))
+        samples.extend(
+            Sample("lektrico_poll_errors_total", (("reason", r),), float(st.errors[r]))
+            for r in cat.POLL_ERROR_REASONS
+        )
+        samples.extend(
+            Sample("lektrico_values_dropped_total", (("reason", r),), float(n))
+            for r, n in sorted(st.dropped.items())
+        )
+        return Reading(
+            device=st.name,
+            user_labels=st.target.labels,
+            time=wall,
+            up=failure is None,
+            duration=duration,
+            model=model.name,
+            samples=tuple(samples),
+            reason=failure.reason if failure else None,
+            error=str(failure) if failure else None,
+        )
+
+
+class Poller:
+    """Schedules polls of the whole fleet and hands every Reading to the sinks."""
+
+    PROBE_CACHE = 256
+
+    def __init__(
+        self, settings: PollSettings, sinks: Iterable[Sink], metrics: SelfMetrics | None = None
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or SelfMetrics()
+        self.sinks = list(sinks)
+        self.devices: dict[str, DeviceState] = {}
+        self._probes: OrderedDict[str, DeviceState] = OrderedDict()
+        self._worker = DevicePoller(settings, self.metrics)
+        self._session: aiohttp.ClientSession | None = None
+        self._heap: list[tuple[float, int, str]] = []
+        self._seq = 0
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._sem = asyncio.Semaphore(settings.concurrency)
+        self._on_remove: list[Callable[[str], None]] = []
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = new_session(self.settings.concurrency)
+        return self._session
+
+    def on_remove(self, callback: Callable[[str], None]) -> None:
+        self._on_remove.append(callback)
+
+    def _state(self, target: Target) -> DeviceState:
+        return DeviceState(target, DeviceClient(self.session, target.base_url, auth=target.auth))
+
+    def set_targets(self, targets: Iterable[Target]) -> None:
+        """Add, change and remove devices; unchanged devices keep their state and series."""
+        wanted = {t.name: t for t in targets}
+        for name in list(self.devices):
+            if name not in wanted or self.devices[name].target != wanted[name]:
+                self._remove(name)
+        now = time.monotonic()
+        for name, target in wanted.items():
+            if name not in self.devices:
+                self.devices[name] = self._state(target)
+                self._push(now + spread(name, self.settings.interval), name)
+        self.metrics.devices_configured.set(len(self.devices))
+        self._wake.set()
+
+    def _remove(self, name: str) -> None:
+        st = self.devices.pop(name)
+        if st.inflight is not None:
+            st.inflight.cancel()
+        for callback in self._on_remove:
+            callback(name)
+
+    def _push(self, due: float, name: str) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (due, self._seq, name))
+
+    async def run(self) -> None:
+        """The scheduling loop; runs until cancelled."""
+        interval = self.settings.interval
+        try:
+            while True:
+                now = time.monotonic()
+                while self._heap and self._heap[0][0] <= now:
+                    due, _, name = heapq.heappop(self._heap)
+                    st = self.devices.get(name)
+                    if st is None:
+                        continue
+                    self._push(self._next_due(st, due, now), name)
+                    if st.inflight is not None:
+                        self.metrics.polls_late.inc()  # the previous poll is still running
+                        continue
+                    self._spawn(self._scheduled(st, due))
+                delay = self._heap[0][0] - now if self._heap else interval
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=min(max(delay, 0.0), 1.0))
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+
+    def _next_due(self, st: DeviceState, due: float, now: float) -> float:
+        s = self.settings
+        factor = min(2.0 ** max(0, st.failures - 2), s.max_backoff / s.interval)
+        nxt = due + s.interval * max(factor, 1.0)
+        return nxt if nxt > now - s.interval else now + s.interval  # after a stall, do not burst
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _scheduled(self, st: DeviceState, due: float) -> None:
+        async with self._sem:
+            if self.devices.get(st.name) is not st:
+                return
+            reading = await self.poll(st)
+        if time.monotonic() - due > self.settings.interval:
+            self.metrics.polls_late.inc()
+        if self.devices.get(st.name) is st:
+            self.publish(reading)
+
+    def publish(self, reading: Reading) -> None:
+        for sink in self.sinks:
+            try:
+                sink(reading)
+            except Exception:  # one broken output must not stop the others
+                log.exception("output failed for device %s", reading.device)
+        self.metrics.devices_up.set(
+            sum(1 for d in self.devices.values() if d.reading is not None and d.reading.up)
+        )
+
+    async def poll(self, st: DeviceState, timeout: float | None = None) -> Reading:
+        """Poll now, or join the poll already in flight for this device."""
+        if st.inflight is None:
+            self.metrics.polls.inc()
+            st.inflight = asyncio.ensure_future(self._worker.poll(st, timeout))
+            st.inflight.add_done_callback(lambda _t: setattr(st, "inflight", None))
+        return await asyncio.shield(st.inflight)
+
+    def find(self, target: str) -> DeviceState | None:
+        """A configured device by name, address (host:port) or host."""
+        if target in self.devices:
+            return self.devices[target]
+        for st in self.devices.values():
+            url = st.target.base_url
+            hostport = url.split("://", 1)[-1].rstrip("/")
+            if target in (hostport, hostport.rsplit(":", 1)[0], url):
+                return st
+        return None
+
+    def adhoc(self, name: str, base_url: str) -> DeviceState:
+        """State for a probed device that is not configured (kept in a small LRU cache)."""
+        st = self._probes.get(base_url)
+        if st is None:
+            st = self._state(Target(name=name, base_url=base_url))
+            self._probes[base_url] = st
+            while len(self._probes) > self.PROBE_CACHE:
+                self._probes.popitem(last=False)
+        self._probes.move_to_end(base_url)
+        return st
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()

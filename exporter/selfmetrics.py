@@ -1,0 +1,46 @@
+"""The exporter's own process-wide metrics, on a prometheus-client registry.
+
+These have no `device` label and are few, so prometheus-client renders them at scrape time.
+Their names and help come from catalogue.EXPORTER_METRICS.
+"""
+
+from __future__ import annotations
+
+import platform
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+from . import __version__
+from . import catalogue as cat
+
+
+class SelfMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        spec = {name: (kind, help_, labels) for name, kind, help_, labels in cat.EXPORTER_METRICS}
+
+        def gauge(name: str) -> Gauge:
+            _, help_, labels = spec[name]
+            return Gauge(name, help_, labels, registry=self.registry)
+
+        def counter(name: str) -> Counter:
+            _, help_, labels = spec[name]
+            # prometheus-client appends _total itself.
+            return Counter(name.removesuffix("_total"), help_, labels, registry=self.registry)
+
+        gauge("lektrico_exporter_build_info").labels(
+            version=__version__, python_version=platform.python_version()
+        ).set(1)
+        self.devices_configured = gauge("lektrico_devices_configured")
+        self.devices_up = gauge("lektrico_devices_up")
+        self.polls = counter("lektrico_polls_total")
+        self.polls_late = counter("lektrico_polls_late_total")
+        self.requests = counter("lektrico_device_requests_total")
+        self.influx_written = counter("lektrico_influxdb_points_written_total")
+        self.influx_buffered = gauge("lektrico_influxdb_points_buffered")
+        self.influx_dropped = counter("lektrico_influxdb_points_dropped_total")
+        self.influx_errors = counter("lektrico_influxdb_write_errors_total")
+        self.influx_last_success = gauge("lektrico_influxdb_last_write_success_timestamp_seconds")
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

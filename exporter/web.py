@@ -1,0 +1,126 @@
+"""The exporter's HTTP endpoints: /metrics, /probe, the landing page and health checks."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from . import landing
+from .poller import Poller
+from .prometheus import CONTENT_TYPE, Exposition, gzip_bytes, render_probe
+from .selfmetrics import SelfMetrics
+
+log = logging.getLogger("lektrico.web")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+PROBE_MARGIN = 0.5  # seconds kept from Prometheus's scrape timeout for the answer itself
+MAX_TARGET = 255
+
+
+@dataclass(frozen=True)
+class ProbePolicy:
+    allow: Sequence[Network] = ()
+    default_port: int = 80
+
+    def resolve(self, target: str) -> str:
+        """The device URL for an unconfigured target, or ValueError saying why it is refused."""
+        text = target.strip()
+        if text.startswith("http://"):
+            text = text[len("http://") :].rstrip("/")
+        host, port = text, self.default_port
+        if text.startswith("["):
+            host, _, rest = text[1:].partition("]")
+            if rest:
+                port = int(rest.removeprefix(":"))
+        elif text.count(":") == 1:
+            host, port_text = text.split(":")
+            port = int(port_text)
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError("target is not a configured device nor an IP address") from None
+        if not 0 < port < 65536:
+            raise ValueError("target port out of range")
+        if not any(ip in net for net in self.allow):
+            raise ValueError("target is not in probe.allow")
+        shown = f"[{ip}]" if ip.version == 6 else str(ip)
+        return f"http://{shown}:{port}"
+
+
+class Web:
+    def __init__(
+        self,
+        poller: Poller,
+        exposition: Exposition,
+        metrics: SelfMetrics,
+        policy: ProbePolicy,
+        probe_timeout: float,
+    ) -> None:
+        self.poller = poller
+        self.exposition = exposition
+        self.metrics = metrics
+        self.policy = policy
+        self.probe_timeout = probe_timeout
+        self.ready = False
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024)
+        app.router.add_get("/", self.index)
+        app.router.add_get("/metrics", self.metrics_handler)
+        app.router.add_get("/probe", self.probe)
+        app.router.add_get("/-/healthy", self.healthy)
+        app.router.add_get("/-/ready", self.readiness)
+        return app
+
+    async def index(self, request: web.Request) -> web.Response:
+        page = landing.render(self.poller.devices.values())
+        return web.Response(text=page, content_type="text/html")
+
+    async def healthy(self, request: web.Request) -> web.Response:
+        return web.Response(text="Healthy\n")
+
+    async def readiness(self, request: web.Request) -> web.Response:
+        if not self.ready:
+            return web.Response(status=503, text="Not ready\n")
+        return web.Response(text="Ready\n")
+
+    async def metrics_handler(self, request: web.Request) -> web.Response:
+        own = self.metrics.render()
+        headers = {"Content-Type": CONTENT_TYPE}
+        if "gzip" in request.headers.get("Accept-Encoding", ""):
+            # Two gzip members back to back are one valid gzip stream (RFC 1952, 2.2).
+            headers["Content-Encoding"] = "gzip"
+            return web.Response(
+                body=self.exposition.render_gzip() + gzip_bytes(own), headers=headers
+            )
+        return web.Response(body=self.exposition.render() + own, headers=headers)
+
+    def _budget(self, request: web.Request) -> float:
+        header = request.headers.get("X-Prometheus-Scrape-Timeout-Seconds")
+        budget = self.probe_timeout
+        if header:
+            with contextlib.suppress(ValueError):
+                budget = min(budget, float(header) - PROBE_MARGIN)
+        return max(budget, 0.1)
+
+    async def probe(self, request: web.Request) -> web.Response:
+        target = request.query.get("target", "")
+        if not target or len(target) > MAX_TARGET:
+            return web.Response(status=400, text="probe needs ?target=HOST[:PORT]\n")
+        st = self.poller.find(target)
+        configured = st is not None
+        if st is None:
+            try:
+                url = self.policy.resolve(target)
+            except ValueError as exc:
+                log.info("probe refused for %r: %s", target[:64], exc)
+                return web.Response(status=403, text=f"probe refused: {exc}\n")
+            st = self.poller.adhoc(target, url)
+        reading = await self.poller.poll(st, timeout=self._budget(request))
+        if configured and self.poller.devices.get(st.name) is st:
+            self.poller.publish(reading)
+        return web.Response(body=render_probe(reading), headers={"Content-Type": CONTENT_TYPE})
