@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import signal
 from collections.abc import Callable
@@ -51,14 +50,9 @@ def settings_of(config: Config) -> PollSettings:
 
 def policy_of(config: Config) -> ProbePolicy:
     return ProbePolicy(
-        allow=tuple(ipaddress.ip_network(a, strict=False) for a in config.probe.allow),
+        allow=config.probe.networks,
         default_port=config.probe.default_port,
     )
-
-
-def split_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 @dataclass
@@ -90,7 +84,7 @@ class Exporter:
         self.poller.set_targets(target_of(d) for d in self.config.devices)
         self._runner = web.AppRunner(self.web.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
-        host, port = split_listen(self.config.listen)
+        host, port = self.config.listen_host or "0.0.0.0", self.config.listen_port
         site = web.TCPSite(self._runner, host, port, reuse_address=True)
         await site.start()
         self.port = self._runner.addresses[0][1] if self._runner.addresses else port

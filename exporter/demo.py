@@ -1,0 +1,47 @@
+"""`--demo N`: N simulated devices on 127.0.0.1, polled and exported, in one process."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+
+from .app import Exporter, run_until_signal
+from .config import Config, DeviceConfig
+from .simulator.server import DeviceSpec, SimulatedFleet
+
+log = logging.getLogger("lektrico.demo")
+PROFILES = ("1p7k", "3p22k", "em", "1p7k-old", "3em", "1p7k-partial")
+SITES = ("home", "office", "depot")
+DEMO_LISTEN = "127.0.0.1:9654"
+SPEED = 30.0  # simulated seconds per real second, so charging sessions come and go quickly
+
+
+def demo_specs(count: int) -> list[DeviceSpec]:
+    profiles = itertools.cycle(PROFILES)
+    return [DeviceSpec(name=f"demo-{i:03d}", profile=next(profiles), seed=i) for i in range(count)]
+
+
+def demo_config(config: Config, fleet: SimulatedFleet, listen_given: bool) -> Config:
+    devices = [
+        DeviceConfig.model_validate(
+            {"name": name, "host": fleet.host(name), "labels": {"site": SITES[i % len(SITES)]}}
+        )
+        for i, name in enumerate(fleet.names)
+    ]
+    update: dict[str, object] = {"devices": [*config.devices, *devices]}
+    if not listen_given and config.listen == Config().listen:
+        update["listen"] = DEMO_LISTEN
+    return config.model_copy(update=update)
+
+
+async def run_demo(config: Config, count: int, listen_given: bool = False) -> int:
+    fleet = SimulatedFleet(demo_specs(count), speed=SPEED)
+    await fleet.start()
+    try:
+        demo = demo_config(config, fleet, listen_given)
+        exporter = Exporter(demo)
+        log.info("demo: %d simulated devices; open http://%s/", count, demo.listen)
+        await run_until_signal(exporter)
+    finally:
+        await fleet.stop()
+    return 0

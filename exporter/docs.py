@@ -1,0 +1,63 @@
+"""Generates docs/metrics.md from the catalogue: `python -m exporter.docs > docs/metrics.md`."""
+
+from __future__ import annotations
+
+import sys
+
+from . import catalogue as cat
+
+
+def _source(metric: cat.Metric) -> str:
+    ex = metric.extract
+    srcs: list[cat.Src] = []
+    if isinstance(ex, cat.Number | cat.StateSet):
+        srcs = list(ex.sources)
+    elif isinstance(ex, cat.PerPhase | cat.EnumSet):
+        srcs = [ex.source]
+    elif isinstance(ex, cat.Labelled | cat.Info):
+        pairs = ex.entries if isinstance(ex, cat.Labelled) else ex.fields
+        srcs = [s for _, sources in pairs for s in sources]
+    elif isinstance(ex, cat.Flags):
+        return f"`{ex.method}` (every flag key)"
+    else:
+        return "computed by the exporter"
+    seen = dict.fromkeys(f"`{s.method}` `{s.key}`" for s in srcs)
+    text = ", ".join(seen)
+    scale = getattr(ex, "scale", 1.0)
+    return text + (f" x {scale:g}" if scale != 1.0 else "")
+
+
+def render() -> str:
+    out = [
+        "# Metrics reference",
+        "",
+        "Generated from `exporter/catalogue.py` by `make docs`; do not edit by hand.",
+        "Every device series also carries `device` and the device's configured labels.",
+        "",
+        "| name | type | labels | unit | devices | source | InfluxDB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for m in cat.CATALOGUE:
+        influx = "-"
+        if m.influx:
+            field = m.influx.field or "<label>"
+            if m.influx.label_as_field:
+                field = f"{m.influx.field}<{m.labels[0]}>"
+            influx = f"`lektrico_{m.influx.measurement}` `{field}` ({m.influx.type})"
+        out.append(
+            f"| `{m.name}` | {m.kind.value} | {', '.join(m.labels) or '-'} | {m.unit or '-'} | "
+            f"{', '.join(sorted(m.kinds))} | {_source(m)} | {influx} |"
+        )
+    out += ["", "## The exporter's own", "", "| name | type | labels | help |", "|---|---|---|---|"]
+    for name, kind, help_, labels in cat.EXPORTER_METRICS:
+        out.append(f"| `{name}` | {kind} | {', '.join(labels) or '-'} | {help_} |")
+    out += ["", "## Methods polled", "", "| method | cadence | devices |", "|---|---|---|"]
+    for method in cat.METHODS:
+        out.append(
+            f"| `{method.name}` | {method.cadence.value} | {', '.join(sorted(method.kinds))} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render())
