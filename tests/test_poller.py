@@ -1,0 +1,332 @@
+"""The fleet poller against simulated devices over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+
+import pytest
+
+from exporter.poller import Poller, PollSettings, Target, spread
+from exporter.reading import Reading
+from exporter.simulator.server import DeviceSpec, SimulatedFleet
+
+from .conftest import FleetFactory, override_replies
+
+FAST = PollSettings(
+    interval=0.5,
+    timeout=0.3,
+    concurrency=16,
+    slow_interval=60.0,
+    identity_interval=600.0,
+    max_backoff=2.0,
+)
+
+
+def targets(fleet: SimulatedFleet) -> list[Target]:
+    return [Target(name=n, base_url=fleet.url(n)) for n in fleet.names]
+
+
+def calls_by_device(fleet: SimulatedFleet) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for call in fleet.calls:
+        out.setdefault(call.device, []).append(call.rpc_method)
+    return out
+
+
+def value(reading: Reading, metric: str, **labels: str) -> float | None:
+    want = tuple(labels.items())
+    for s in reading.samples:
+        if s.metric == metric and all(item in s.labels for item in want):
+            return s.value
+    return None
+
+
+async def run_poller(poller: Poller, seconds: float) -> None:
+    task = asyncio.create_task(poller.run())
+    await asyncio.sleep(seconds)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_hanging_charger_does_not_delay_others(make_fleet: FleetFactory) -> None:
+    specs = [DeviceSpec(f"ok{i}", "1p7k", seed=i) for i in range(12)]
+    specs += [DeviceSpec(f"hang{i}", "1p7k", fault="hang", seed=i) for i in range(3)]
+    fleet = await make_fleet(specs)
+    readings: list[Reading] = []
+    poller = Poller(FAST, [readings.append])
+    poller.set_targets(targets(fleet))
+    try:
+        await run_poller(poller, 2.6)
+    finally:
+        await poller.close()
+    healthy = [r for r in readings if r.device.startswith("ok")]
+    hung = [r for r in readings if r.device.startswith("hang")]
+    polls = Counter(r.device for r in healthy)
+    assert all(polls[f"ok{i}"] >= 4 for i in range(12)), polls
+    assert all(r.up for r in healthy)
+    assert max(r.duration for r in healthy) < 0.1  # the hanging ones take 0.3 s each
+    assert hung and all(not r.up and r.reason == "timeout" for r in hung)
+    assert min(r.duration for r in hung) >= 0.29
+
+
+async def test_steady_state_is_one_request_per_poll(make_fleet: FleetFactory) -> None:
+    fleet = await make_fleet([DeviceSpec("c1", "1p7k", seed=3)], frozen=True)
+    poller = Poller(FAST, [])
+    poller.set_targets(targets(fleet))
+    st = poller.devices["c1"]
+    try:
+        first = await poller.poll(st)
+        after_first = len(fleet.calls)
+        for _ in range(10):
+            await poller.poll(st)
+    finally:
+        await poller.close()
+    assert first.up
+    methods = {c.rpc_method for c in fleet.calls[:after_first]}
+    assert {
+        "Device_info.Get",
+        "Charger_info.Get",
+        "Counters_config.Get",
+        "System_currents.Get",
+        "Wifi_status.Get",
+        "App_config.Get",
+        "Logged_errors.Get",
+    } <= methods
+    assert [c.rpc_method for c in fleet.calls[after_first:]] == ["Charger_info.Get"] * 10
+
+
+async def test_active_errors_asked_only_when_charger_reports_them(
+    make_fleet: FleetFactory,
+) -> None:
+    fleet = await make_fleet([DeviceSpec("c1", "1p7k", seed=3)], frozen=True)
+    info = fleet.device("c1").read("Charger_info.Get")
+    flagged = {"value": False}
+    override_replies(
+        fleet,
+        "c1",
+        {
+            "Charger_info.Get": lambda: {**info, "has_active_errors": flagged["value"]},
+            "Active_errors.Get": {"overtemp": True, "rcd_error": False},
+        },
+    )
+    poller = Poller(FAST, [])
+    poller.set_targets(targets(fleet))
+    st = poller.devices["c1"]
+    try:
+        quiet = await poller.poll(st)
+        flagged["value"] = True
+        before = len(fleet.calls)
+        loud = await poller.poll(st)
+        asked = [c.rpc_method for c in fleet.calls[before:]]
+    finally:
+        await poller.close()
+    assert value(quiet, "lektrico_error_active", error="overtemp") == 0
+    assert "Active_errors.Get" not in [c.rpc_method for c in fleet.calls[:before]]
+    assert asked == ["Charger_info.Get", "Active_errors.Get"]
+    assert value(loud, "lektrico_error_active", error="overtemp") == 1
+
+
+async def test_counters_refreshed_when_session_changes(make_fleet: FleetFactory) -> None:
+    fleet = await make_fleet([DeviceSpec("c1", "1p7k", seed=3)], frozen=True)
+    info = fleet.device("c1").read("Charger_info.Get")
+    session = {"id": 7}
+    override_replies(
+        fleet,
+        "c1",
+        {
+            "Charger_info.Get": lambda: {**info, "session_id": session["id"]},
+        },
+    )
+    poller = Poller(FAST, [])
+    poller.set_targets(targets(fleet))
+    st = poller.devices["c1"]
+    try:
+        await poller.poll(st)
+        await poller.poll(st)
+        before = len(fleet.calls)
+        session["id"] = 8
+        await poller.poll(st)
+        asked = [c.rpc_method for c in fleet.calls[before:]]
+    finally:
+        await poller.close()
+    assert asked == ["Charger_info.Get", "Counters_config.Get"]
+
+
+async def test_concurrent_polls_of_one_device_share_one_request(
+    make_fleet: FleetFactory,
+) -> None:
+    fleet = await make_fleet([DeviceSpec("c1", "1p7k", fault="slow:0.2", seed=3)], frozen=True)
+    poller = Poller(PollSettings(interval=5, timeout=4), [])
+    poller.set_targets(targets(fleet))
+    st = poller.devices["c1"]
+    try:
+        await poller.poll(st)
+        before = len(fleet.calls)
+        readings = await asyncio.gather(*(poller.poll(st) for _ in range(5)))
+    finally:
+        await poller.close()
+    assert len({id(r) for r in readings}) == 1
+    assert [c.rpc_method for c in fleet.calls[before:]] == ["Charger_info.Get"]
+
+
+async def test_device_that_stays_down_is_backed_off(make_fleet: FleetFactory) -> None:
+    fleet = await make_fleet(
+        [DeviceSpec("up", "1p7k"), DeviceSpec("down", "1p7k", fault="http500")]
+    )
+    readings: list[Reading] = []
+    settings = PollSettings(
+        interval=0.2, timeout=0.15, slow_interval=60, identity_interval=600, max_backoff=1.0
+    )
+    poller = Poller(settings, [readings.append])
+    poller.set_targets(targets(fleet))
+    try:
+        await run_poller(poller, 3.0)
+    finally:
+        await poller.close()
+    polls = Counter(r.device for r in readings)
+    assert polls["up"] >= 13
+    assert 3 <= polls["down"] <= 8, polls  # 0.2, 0.2, 0.4, 0.8, 1.0, 1.0 ...
+    assert all(r.reason == "http" and not r.up for r in readings if r.device == "down")
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        ("hang", "timeout"),
+        ("reset", "connect"),
+        ("refuse", "connect"),
+        ("http500", "http"),
+        ("nonjson", "json"),
+        ("rpcerror", "rpc"),
+        ("truncated", "http"),
+    ],
+)
+async def test_faulty_device_is_down_with_reason(
+    make_fleet: FleetFactory, fault: str, reason: str
+) -> None:
+    fleet = await make_fleet([DeviceSpec("c1", "1p7k", seed=1)], frozen=True)
+    poller = Poller(FAST, [])
+    poller.set_targets(targets(fleet))
+    st = poller.devices["c1"]
+    try:
+        good = await poller.poll(st)
+        fleet.set_fault("c1", fault)
+        bad = await poller.poll(st)
+    finally:
+        await poller.close()
+    assert good.up and not bad.up
+    assert bad.reason == reason and bad.error
+    live = {s.metric for s in bad.samples} - {
+        "lektrico_up",
+        "lektrico_poll_duration_seconds",
+        "lektrico_last_poll_success_timestamp_seconds",
+        "lektrico_device_info",
+        "lektrico_poll_errors_total",
+        "lektrico_values_dropped_total",
+    }
+    assert live == set()
+    assert value(bad, "lektrico_poll_errors_total", reason=reason) == 1
+
+
+async def test_reply_without_charger_values_is_a_schema_error(make_fleet: FleetFactory) -> None:
+    fleet = await make_fleet([DeviceSpec("c1", "1p7k", seed=1)], frozen=True)
+    override_replies(fleet, "c1", {"Charger_info.Get": {"unexpected": 1}})
+    poller = Poller(FAST, [])
+    poller.set_targets(targets(fleet))
+    try:
+        reading = await poller.poll(poller.devices["c1"])
+    finally:
+        await poller.close()
+    assert not reading.up and reading.reason == "schema"
+    assert "Charger_info.Get" in (reading.error or "")
+
+
+@pytest.mark.parametrize("spelling", ["canonical", "lower"])
+async def test_method_spelling_fallback_is_remembered(
+    make_fleet: FleetFactory, spelling: str
+) -> None:
+    fleet = await make_fleet([DeviceSpec("c1", "1p7k", spelling=spelling, seed=1)], frozen=True)
+    poller = Poller(FAST, [])
+    poller.set_targets(targets(fleet))
+    st = poller.devices["c1"]
+    try:
+        first = await poller.poll(st)
+        before = len(fleet.calls)
+        second = await poller.poll(st)
+    finally:
+        await poller.close()
+    assert first.up and second.up
+    expected = "Charger_info.Get" if spelling == "canonical" else "charger_info.get"
+    assert [c.rpc_method for c in fleet.calls[before:]] == [expected]
+
+
+async def test_meter_polls_meter_info(make_fleet: FleetFactory) -> None:
+    fleet = await make_fleet([DeviceSpec("m1", "3em", seed=1)], frozen=True)
+    poller = Poller(FAST, [])
+    poller.set_targets(targets(fleet))
+    try:
+        reading = await poller.poll(poller.devices["m1"])
+    finally:
+        await poller.close()
+    asked = {c.rpc_method for c in fleet.calls}
+    assert reading.up and reading.model == "3em"
+    assert "Meter_info.Get" in asked and "Charger_info.Get" not in asked
+    assert value(reading, "lektrico_meter_voltage_volts", phase="L3") is not None
+
+
+async def test_old_firmware_without_methods_stays_up(make_fleet: FleetFactory) -> None:
+    fleet = await make_fleet([DeviceSpec("old", "1p7k-old", seed=1)], frozen=True)
+    poller = Poller(FAST, [])
+    poller.set_targets(targets(fleet))
+    st = poller.devices["old"]
+    try:
+        first = await poller.poll(st)
+        second = await poller.poll(st)
+    finally:
+        await poller.close()
+    assert first.up and second.up
+    assert "Charger_config.Get" in st.unsupported
+    assert value(first, "lektrico_error_logged", error="state_e_activated") is not None
+    assert value(first, "lektrico_current_limit_amperes", limit="cable") is not None
+
+
+def test_start_times_are_spread_over_the_interval() -> None:
+    offsets = sorted(spread(f"charger-{i}", 15.0) for i in range(1000))
+    assert 0 <= offsets[0] and offsets[-1] < 15.0
+    buckets = Counter(int(o) for o in offsets)
+    assert len(buckets) == 15 and max(buckets.values()) < 110  # ~67 a second, none crowded
+
+
+async def test_reload_keeps_unchanged_devices(make_fleet: FleetFactory) -> None:
+    fleet = await make_fleet([DeviceSpec(n, "1p7k") for n in ("a", "b", "c")], frozen=True)
+    removed: list[str] = []
+    poller = Poller(FAST, [])
+    poller.on_remove(removed.append)
+    all_targets = targets(fleet)
+    poller.set_targets(all_targets[:2])
+    kept = poller.devices["a"]
+    try:
+        await poller.poll(kept)
+        poller.set_targets([all_targets[0], all_targets[2]])
+    finally:
+        await poller.close()
+    assert poller.devices["a"] is kept and kept.reading is not None
+    assert set(poller.devices) == {"a", "c"} and removed == ["b"]
+
+
+async def test_polls_finish_on_time_under_concurrency_limit(make_fleet: FleetFactory) -> None:
+    fleet = await make_fleet([DeviceSpec(f"d{i}", "1p7k", seed=i) for i in range(40)])
+    readings: list[Reading] = []
+    poller = Poller(PollSettings(interval=0.5, timeout=0.4, concurrency=4), [readings.append])
+    poller.set_targets(targets(fleet))
+    started = time.monotonic()
+    try:
+        await run_poller(poller, 2.2)
+    finally:
+        await poller.close()
+    assert time.monotonic() - started < 3
+    assert len(readings) >= 40 * 3
+    assert poller.metrics.polls_late._value.get() == 0
