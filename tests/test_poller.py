@@ -295,7 +295,7 @@ async def test_old_firmware_without_methods_stays_up(make_fleet: FleetFactory) -
 
 def test_start_times_are_spread_over_the_interval() -> None:
     offsets = sorted(spread(f"charger-{i}", 15.0) for i in range(1000))
-    assert 0 <= offsets[0] and offsets[-1] < 15.0
+    assert offsets[0] >= 0 and offsets[-1] < 15.0
     buckets = Counter(int(o) for o in offsets)
     assert len(buckets) == 15 and max(buckets.values()) < 110  # ~67 a second, none crowded
 
