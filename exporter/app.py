@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import logging
+import os
 import signal
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
-from .config import Config, DeviceConfig
+from . import sharding
+from .config import Config, ConfigError, DeviceConfig, load_config
 from .poller import Poller, PollSettings, Sink, Target
 from .prometheus import Exposition
 from .selfmetrics import SelfMetrics
@@ -55,14 +58,33 @@ def policy_of(config: Config) -> ProbePolicy:
     )
 
 
+def device_files_signature(config: Config, base_dir: Path) -> tuple[tuple[str, int, int], ...]:
+    """What the watched device files look like now: a change means reload."""
+    found = []
+    for pattern in config.device_files:
+        full = pattern if Path(pattern).is_absolute() else str(base_dir / pattern)
+        for path in sorted(glob.glob(full)):
+            with contextlib.suppress(OSError):
+                st = os.stat(path)
+                found.append((path, st.st_mtime_ns, st.st_size))
+    return tuple(found)
+
+
 @dataclass
 class Exporter:
-    """A running exporter: its poller, outputs and web server."""
+    """A running exporter: its poller, outputs and web server.
+
+    `config_path` enables reloading (SIGHUP, POST /-/reload, changed device files); `shard`
+    (index, count) overrides the config's shard.
+    """
 
     config: Config
+    config_path: str | None = None
+    shard: tuple[int, int] | None = None
     metrics: SelfMetrics = field(default_factory=SelfMetrics)
     exposition: Exposition = field(default_factory=Exposition)
     extra_sinks: list[Sink] = field(default_factory=list)
+    watch_interval: float = 5.0
 
     def __post_init__(self) -> None:
         self.poller = Poller(
@@ -75,41 +97,97 @@ class Exporter:
             self.metrics,
             policy_of(self.config),
             self.config.poll.timeout,
+            reload=self.reload,
         )
         self._runner: web.AppRunner | None = None
-        self._poll_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._reload_lock = asyncio.Lock()
         self.port = 0
 
+    def _shard(self, config: Config) -> tuple[int, int] | None:
+        if self.shard is not None:
+            return self.shard
+        return (config.shard.index, config.shard.count) if config.shard else None
+
+    def targets(self, config: Config) -> list[Target]:
+        devices = config.devices
+        shard = self._shard(config)
+        if shard is not None:
+            mine = sharding.select((d.name for d in devices), *shard)
+            devices = [d for d in devices if d.name in mine]
+        return [target_of(d) for d in devices]
+
+    def apply(self, config: Config) -> None:
+        """Switch to a new config; devices that did not change keep their state and series."""
+        self.config = config
+        self.poller.reconfigure(settings_of(config))
+        self.poller.set_targets(self.targets(config))
+        self.web.policy = policy_of(config)
+        self.web.probe_timeout = config.poll.timeout
+
+    async def reload(self) -> str | None:
+        """Re-read the config file; None when applied, else the one-line reason it was not."""
+        if self.config_path is None:
+            return "no config file to reload"
+        async with self._reload_lock:
+            try:
+                config = load_config(self.config_path)
+            except ConfigError as exc:
+                log.error("reload rejected, keeping the running config: %s", exc)
+                return str(exc)
+            self.apply(config)
+        log.info("config reloaded: %d devices", len(self.poller.devices))
+        return None
+
     async def start(self) -> None:
-        self.poller.set_targets(target_of(d) for d in self.config.devices)
+        self.poller.set_targets(self.targets(self.config))
         self._runner = web.AppRunner(self.web.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
         host, port = self.config.listen_host or "0.0.0.0", self.config.listen_port
         site = web.TCPSite(self._runner, host, port, reuse_address=True)
         await site.start()
         self.port = self._runner.addresses[0][1] if self._runner.addresses else port
-        self._poll_task = asyncio.create_task(self.poller.run())
+        self._tasks.append(asyncio.create_task(self.poller.run()))
+        if self.config_path is not None:
+            base = Path(self.config_path).parent
+            seen = device_files_signature(self.config, base)
+            self._tasks.append(asyncio.create_task(self._watch_device_files(base, seen)))
         self.web.ready = True
         log.info("listening on %s:%d with %d devices", host, self.port, len(self.poller.devices))
 
+    async def _watch_device_files(self, base: Path, seen: tuple[object, ...]) -> None:
+        while True:
+            await asyncio.sleep(self.watch_interval)
+            now = device_files_signature(self.config, base)
+            if now != seen:
+                seen = now
+                log.info("device files changed, reloading")
+                await self.reload()
+
     async def stop(self) -> None:
         self.web.ready = False
-        if self._poll_task is not None:
-            self._poll_task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._poll_task
+                await task
         await self.poller.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
 
-async def run_until_signal(exporter: Exporter, on_hup: Callable[[], None] | None = None) -> None:
+async def run_until_signal(exporter: Exporter) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if on_hup is not None:
-        loop.add_signal_handler(signal.SIGHUP, on_hup)
+    pending: set[asyncio.Task[str | None]] = set()
+
+    def on_hup() -> None:
+        task = asyncio.ensure_future(exporter.reload())
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     await exporter.start()
     try:
         await stop.wait()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 from . import __version__, logs
 from .app import Exporter, run_until_signal
 from .config import ConfigError, load_config, parse_config
+from .sharding import parse_shard
 
 PROG = "lektrico-exporter"
 log = logging.getLogger("lektrico")
@@ -39,6 +41,9 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         help="start N simulated devices on 127.0.0.1 and export them",
     )
+    p.add_argument(
+        "--shard", metavar="I/N", help="poll only this replica's share of the devices (0 <= I < N)"
+    )
     p.add_argument("--listen", metavar="HOST:PORT", help="override the config's listen address")
     p.add_argument("--log.level", dest="log_level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log.format", dest="log_format", choices=["logfmt", "json"])
@@ -65,10 +70,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config) if args.config else parse_config("{}")
         if args.listen:
-            config = config.model_copy(update={"listen": args.listen})
+            checked = parse_config(json.dumps({"listen": args.listen}), "--listen")
+            config = config.model_copy(update={"listen": checked.listen})
     except ConfigError as exc:
         return fail_config(exc)
     logs.setup(args.log_level or config.log.level, args.log_format or config.log.format)
+    try:
+        shard = parse_shard(args.shard) if args.shard else None
+    except ValueError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
     if args.check_config:
         print(f"{PROG}: config OK: {len(config.devices)} devices")
         return 0
@@ -81,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .demo import run_demo
 
             return asyncio.run(run_demo(config, args.demo, listen_given=bool(args.listen)))
-        asyncio.run(run_until_signal(Exporter(config)))
+        asyncio.run(run_until_signal(Exporter(config, config_path=args.config, shard=shard)))
     except KeyboardInterrupt:
         pass
     return 0

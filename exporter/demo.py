@@ -6,7 +6,7 @@ import itertools
 import logging
 
 from .app import Exporter, run_until_signal
-from .config import Config, DeviceConfig
+from .config import Config, DeviceConfig, PollConfig
 from .simulator.server import DeviceSpec, SimulatedFleet
 
 log = logging.getLogger("lektrico.demo")
@@ -31,6 +31,9 @@ def demo_config(config: Config, fleet: SimulatedFleet, listen_given: bool) -> Co
     update: dict[str, object] = {"devices": [*config.devices, *devices]}
     if not listen_given and config.listen == Config().listen:
         update["listen"] = DEMO_LISTEN
+    if config.poll == PollConfig():
+        # Quicker than the 15 s default so the first page of the demo is already full.
+        update["poll"] = PollConfig(interval=5.0, timeout=2.0)
     return config.model_copy(update=update)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from .app import settings_of, target_of
@@ -11,6 +12,8 @@ from .prometheus import render_probe
 
 
 async def poll_once(config: Config, target: str) -> int:
+    # The verdict below says it all; the poller's own state-change line would repeat it.
+    logging.getLogger("lektrico.poller").setLevel(logging.ERROR)
     poller = Poller(settings_of(config), [])
     try:
         poller.set_targets(target_of(d) for d in config.devices)

@@ -296,6 +296,13 @@ class Poller:
             self._session = new_session(self.settings.concurrency)
         return self._session
 
+    def reconfigure(self, settings: PollSettings) -> None:
+        """New poll settings; polls in flight finish under the old ones."""
+        if settings.concurrency != self.settings.concurrency:
+            self._sem = asyncio.Semaphore(settings.concurrency)
+        self.settings = settings
+        self._worker.settings = settings
+
     def on_remove(self, callback: Callable[[str], None]) -> None:
         self._on_remove.append(callback)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -59,6 +59,7 @@ class Web:
         metrics: SelfMetrics,
         policy: ProbePolicy,
         probe_timeout: float,
+        reload: Callable[[], Awaitable[str | None]] | None = None,
     ) -> None:
         self.poller = poller
         self.exposition = exposition
@@ -66,6 +67,7 @@ class Web:
         self.policy = policy
         self.probe_timeout = probe_timeout
         self.ready = False
+        self._reload = reload
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024)
@@ -74,6 +76,9 @@ class Web:
         app.router.add_get("/probe", self.probe)
         app.router.add_get("/-/healthy", self.healthy)
         app.router.add_get("/-/ready", self.readiness)
+        app.router.add_post("/-/reload", self.reload)
+        app.router.add_put("/-/reload", self.reload)
+        app.router.add_get("/sd", self.service_discovery)
         return app
 
     async def index(self, request: web.Request) -> web.Response:
@@ -87,6 +92,30 @@ class Web:
         if not self.ready:
             return web.Response(status=503, text="Not ready\n")
         return web.Response(text="Ready\n")
+
+    async def reload(self, request: web.Request) -> web.Response:
+        if self._reload is None:
+            return web.Response(status=503, text="reload is not available\n")
+        problem = await self._reload()
+        if problem is not None:
+            return web.Response(status=400, text=f"reload rejected: {problem}\n")
+        return web.Response(text="reloaded\n")
+
+    async def service_discovery(self, request: web.Request) -> web.Response:
+        """Prometheus http_sd_configs: one group per device, scraped through /probe."""
+        groups = [
+            {
+                "targets": [request.host],
+                "labels": {
+                    "__metrics_path__": "/probe",
+                    "__param_target": st.name,
+                    "device": st.name,
+                    **dict(st.target.labels),
+                },
+            }
+            for st in self.poller.devices.values()
+        ]
+        return web.json_response(groups)
 
     async def metrics_handler(self, request: web.Request) -> web.Response:
         own = self.metrics.render()
