@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import glob
 import logging
-import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +14,7 @@ from aiohttp import web
 
 from . import sharding
 from .config import Config, ConfigError, DeviceConfig, load_config
+from .config_loader import expand_pattern
 from .poller import Poller, PollSettings, Sink, Target
 from .prometheus import Exposition
 from .selfmetrics import SelfMetrics
@@ -62,11 +61,10 @@ def device_files_signature(config: Config, base_dir: Path) -> tuple[tuple[str, i
     """What the watched device files look like now: a change means reload."""
     found = []
     for pattern in config.device_files:
-        full = pattern if Path(pattern).is_absolute() else str(base_dir / pattern)
-        for path in sorted(glob.glob(full)):
+        for path in expand_pattern(pattern, base_dir):
             with contextlib.suppress(OSError):
-                st = os.stat(path)
-                found.append((path, st.st_mtime_ns, st.st_size))
+                st = path.stat()
+                found.append((str(path), st.st_mtime_ns, st.st_size))
     return tuple(found)
 
 

@@ -50,7 +50,10 @@ def to_number(raw: object, boolean: bool = False) -> tuple[float | None, str | N
     if isinstance(raw, bool):
         return float(raw), None
     if isinstance(raw, int | float):
-        value = float(raw)
+        try:
+            value = float(raw)
+        except OverflowError:  # an int beyond float range (json.loads keeps big ints exact)
+            return None, "out_of_range"
     elif isinstance(raw, str):
         text = raw.strip().lower()
         if boolean and text in _TRUE:
@@ -184,15 +187,17 @@ class Extractor:
         return []
 
     def _enumset(self, metric: Metric, ex: cat.EnumSet) -> list[Sample]:
-        present, raw = self._raw(ex.source)
-        if not present:
-            return []
-        code, reason = to_number(raw)
-        if code is None or code != int(code):
-            self.dropped[reason or "type"] += 1
-            return []
-        known = tuple(dict.fromkeys(ex.codes.values()))
-        return self._state_series(metric, known, ex.codes.get(int(code), "unknown"))
+        for src in (ex.source, *ex.fallbacks):
+            present, raw = self._raw(src)
+            if not present:
+                continue
+            code, reason = to_number(raw)
+            if code is None or code != int(code):
+                self.dropped[reason or "type"] += 1
+                continue
+            known = tuple(dict.fromkeys(ex.codes.values()))
+            return self._state_series(metric, known, ex.codes.get(int(code), "unknown"))
+        return []
 
     def _flags(self, metric: Metric, ex: cat.Flags) -> list[Sample]:
         reply = self.replies.get(ex.method)

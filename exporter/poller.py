@@ -352,8 +352,11 @@ class Poller:
                     self._spawn(self._scheduled(st, due))
                 delay = self._heap[0][0] - now if self._heap else interval
                 self._wake.clear()
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+                # cancellation that arrives as the event is set, and stop() would then hang.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=min(max(delay, 0.0), 1.0))
+                    async with asyncio.timeout(min(max(delay, 0.0), 1.0)):
+                        await self._wake.wait()
         finally:
             for task in list(self._tasks):
                 task.cancel()

@@ -14,6 +14,7 @@ Example of what a device contributes (device "garage", user label site="home"):
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Iterable
 
@@ -36,6 +37,11 @@ def escape(value: str) -> str:
 
 
 def format_value(value: float) -> str:
+    value = float(value)  # an int passes type checks as a float but has no is_integer() on 3.11
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
     if value.is_integer() and abs(value) < 1e15:
         return str(int(value))
     return repr(value)

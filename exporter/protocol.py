@@ -8,6 +8,7 @@ Only read methods (`*.Get`) can be sent: `DeviceClient.get` refuses anything els
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import aiohttp
@@ -39,8 +40,13 @@ def spellings(method: str) -> tuple[str, str]:
     return method, method.lower()
 
 
+# The whole name, not a suffix: "Charge.Start#.Get" or "Charge.Start?.Get" end in ".Get" but
+# would reach the device as Charge.Start.
+_READ_METHOD = re.compile(r"[A-Za-z][A-Za-z0-9_]*\.get", re.IGNORECASE)
+
+
 def is_read_method(method: str) -> bool:
-    return method.lower().endswith(".get")
+    return _READ_METHOD.fullmatch(method) is not None
 
 
 def one_line(text: str, limit: int = 200) -> str:

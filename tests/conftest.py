@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from exporter.app import Exporter
+from exporter.protocol import is_read_method
 from exporter.config import Config, parse_config
 from exporter.simulator.device import encode
 from exporter.simulator.server import DeviceSpec, SimulatedFleet
@@ -26,7 +27,7 @@ _original_stop = SimulatedFleet.stop
 
 async def _checked_stop(self: SimulatedFleet) -> None:
     for call in self.calls:
-        if call.rpc_method.lower().endswith(".get"):
+        if is_read_method(call.rpc_method):
             READ_CALLS_SEEN[0] += 1
         else:
             WRITE_CALLS.append(f"{call.device}: {call.http_method} {call.rpc_method}")

@@ -1,0 +1,588 @@
+"""Configuration: one frozen pydantic model per section, and `load_config()`.
+
+Every section forbids unknown keys, so a misspelt key is an error naming it instead of a setting
+silently ignored. Durations are stored as float seconds. Relative paths (`device_files`,
+`token_file`, `ca_file`, `spool_dir`, `web.config_file`, `line_protocol.path`, `!file`) are
+relative to the directory of the file that mentions them, as in Prometheus, and are stored
+resolved. Every problem is raised as a `ConfigError` whose text is one line:
+`<key path>: <what is wrong> (line N)`; reading the YAML is config_loader's job.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from .catalogue import RESERVED_LABELS
+from .config_loader import (
+    ConfigError,
+    ConfigFileError,
+    ConfigSyntaxError,
+    ConfigValueError,
+    FieldProblem,
+    Loc,
+    describe_kind,
+    parse_settings,
+    read_text,
+)
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "ConfigFileError",
+    "ConfigSyntaxError",
+    "ConfigValueError",
+    "DeviceConfig",
+    "InfluxConfig",
+    "LineProtocolConfig",
+    "LogConfig",
+    "PollConfig",
+    "ProbeConfig",
+    "ShardConfig",
+    "WebConfig",
+    "format_duration",
+    "load_config",
+    "parse_config",
+    "parse_duration",
+]
+
+# ---- durations -------------------------------------------------------------------------------
+
+_NUM = r"\d+(?:\.\d+)?"
+_DURATION = re.compile(
+    rf"(?:(?P<d>{_NUM})d)?(?:(?P<h>{_NUM})h)?(?:(?P<m>{_NUM})m(?!s))?"
+    rf"(?:(?P<s>{_NUM})s)?(?:(?P<ms>{_NUM})ms)?"
+)
+_SECONDS = re.compile(_NUM)
+_UNIT_SECONDS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+_DURATION_HINT = "must be a duration like 15s, 5m or 30"
+
+
+def parse_duration(value: str | int | float) -> float:
+    """Seconds in `value`: "500ms", "15s", "5m", "1h30m", "2d", or plain seconds (30, "2.5").
+
+    Units go from largest to smallest, each at most once. Zero, negative and non-finite
+    durations are rejected: every duration in the configuration must be positive.
+    """
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f"{_DURATION_HINT}, got {describe_kind(value)}")
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("-"):
+            raise ValueError(f"must be a positive duration, got {value!r}")
+        match = _DURATION.fullmatch(text)
+        if _SECONDS.fullmatch(text):
+            seconds = float(text)
+        elif text and match:
+            seconds = sum(float(n) * _UNIT_SECONDS[u] for u, n in match.groupdict().items() if n)
+        else:
+            raise ValueError(f"{_DURATION_HINT}, got {value!r}")
+    else:
+        try:
+            seconds = float(value)
+        except OverflowError:
+            seconds = math.inf
+        if not math.isfinite(seconds):
+            raise ValueError(f"{_DURATION_HINT}, got {value!r}")
+    if seconds <= 0:
+        raise ValueError(f"must be longer than zero, got {value!r}")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """The inverse of parse_duration for messages: 90 → "1m30s", 0.25 → "250ms"."""
+    if seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    parts = []
+    rest = seconds
+    for unit in ("d", "h", "m"):
+        count = int(rest // _UNIT_SECONDS[unit])
+        if count:
+            parts.append(f"{count}{unit}")
+            rest -= count * _UNIT_SECONDS[unit]
+    if rest or not parts:
+        parts.append(f"{round(rest, 3):g}s")
+    return "".join(parts)
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Precision = Literal["s", "ms", "us", "ns"]
+Port = Annotated[int, Field(ge=1, le=65535)]
+NonEmpty = Annotated[str, Field(min_length=1)]
+
+# ---- addresses -------------------------------------------------------------------------------
+
+_HOST_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOSTNAME = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a device answers HTTP: scheme, host (IPv6 without brackets) and port."""
+
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.scheme}://{self.address}"
+
+
+def _port(text: str) -> int:
+    if not text.isdigit():
+        raise ValueError(f"port {text!r} is not a number")
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range 1-65535")
+    return port
+
+
+def _split_host_port(text: str, default_port: int | None) -> tuple[str, int]:
+    """Split "host", "host:port", "[v6]:port" or a bare IPv6 address."""
+    port_text: str | None = None
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"{text!r} is not [IPv6 address]:port")
+        port_text = rest[1:] if rest else None
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
+    elif text.count(":") > 1:
+        try:
+            ipaddress.IPv6Address(text)
+        except ValueError:
+            raise ValueError("write IPv6 with a port in brackets: [fd00::1]:80") from None
+        if default_port is None:
+            raise ValueError("write IPv6 in brackets with a port, like [::1]:9654")
+        host = text
+    else:
+        host, colon, port_text = text.partition(":")
+        port_text = port_text if colon else None
+    if port_text is not None:
+        return host, _port(port_text)
+    if default_port is None:
+        raise ValueError(f"{text!r} has no port; write host:port, like 0.0.0.0:9654 or [::1]:9654")
+    return host, default_port
+
+
+def _check_hostname(host: str) -> str:
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    if not _HOSTNAME.fullmatch(host) or len(host) > 253 or re.fullmatch(r"[\d.]+", host):
+        raise ValueError(f"{host!r} is not a valid hostname or IP address")
+    return host.lower()
+
+
+def _parse_url(url: str, *, what: str) -> tuple[str, str, int, str]:
+    """Scheme, host, port and path of an http(s) URL. Never echoes a URL with credentials."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise ValueError(f"{what} is not a valid URL") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"{what} must start with http:// or https://, got {parts.scheme!r}")
+    if "@" in parts.netloc:
+        raise ValueError(f"{what} must not contain credentials; use the username and password keys")
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise ValueError(f"{what} must not have a query string or fragment")
+    host, port = _split_host_port(parts.netloc, 443 if parts.scheme == "https" else 80)
+    return parts.scheme, _check_hostname(host), port, parts.path
+
+
+def parse_endpoint(value: str) -> Endpoint:
+    """A device's `host`: "host", "host:port", "[v6]:port" or an http(s):// URL without path."""
+    text = value.strip()
+    if not text:
+        raise ValueError("must not be empty")
+    if "://" in text:
+        scheme, host, port, path = _parse_url(text, what="URL")
+        if path not in ("", "/"):
+            raise ValueError(f"URL must not have a path, got {path!r}")
+        return Endpoint(scheme, host, port)
+    if "@" in text:
+        raise ValueError("must not contain credentials; use the username and password keys")
+    host, port = _split_host_port(text, 80)
+    return Endpoint("http", _check_hostname(host), port)
+
+
+# ---- validation helpers ----------------------------------------------------------------------
+
+
+def _has_control(text: str) -> bool:
+    return any(unicodedata.category(ch) == "Cc" for ch in text)
+
+
+def _resolve(path: str, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir", Path())
+    return Path(base) / Path(path).expanduser()
+
+
+def _existing_file(path: str | None, info: ValidationInfo) -> str | None:
+    if path is None:
+        return None
+    resolved = _resolve(path, info)
+    if not resolved.is_file():
+        raise ValueError(f"file {path} not found")
+    return str(resolved)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+
+# ---- sections --------------------------------------------------------------------------------
+
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+
+class DeviceConfig(_Section):
+    name: str
+    host: str
+    labels: dict[str, str] = {}
+    timeout: Duration | None = None
+    model: Literal["1p7k", "3p22k", "em", "3em"] | None = None
+    username: NonEmpty | None = None
+    password: SecretStr | None = None
+    _endpoint: Endpoint = PrivateAttr()
+
+    @property
+    def base_url(self) -> str:
+        """URL of the device with the port spelt out: "http://[fd00::7]:80"."""
+        return self._endpoint.base_url
+
+    @property
+    def address(self) -> str:
+        """Host and port of the device: "192.168.1.20:80", "[fd00::7]:80"."""
+        return self._endpoint.address
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, name: str) -> str:
+        if not name.strip():
+            raise ValueError("must not be empty")
+        if len(name) > 128:
+            raise ValueError(f"must be at most 128 characters, got {len(name)}")
+        if _has_control(name):
+            raise ValueError("must not contain control characters")
+        return name
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, host: str) -> str:
+        parse_endpoint(host)
+        return host.strip()
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _null_labels(cls, labels: Any) -> Any:
+        return {} if labels is None else labels
+
+    @field_validator("labels")
+    @classmethod
+    def _check_labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        for name, value in labels.items():
+            if not _LABEL_NAME.fullmatch(name):
+                problem = "must be letters, digits and _, not starting with a digit"
+                raise FieldProblem((name,), f"label name {name!r} {problem}")
+            if name.startswith("__"):
+                raise FieldProblem((name,), "label names starting with __ are reserved")
+            if name in RESERVED_LABELS:
+                raise FieldProblem((name,), f"label name {name!r} is reserved by the exporter")
+            if _has_control(value):
+                raise FieldProblem((name,), "label value must not contain control characters")
+        return labels
+
+    @model_validator(mode="after")
+    def _check_credentials(self) -> DeviceConfig:
+        if (self.username is None) != (self.password is None):
+            key = "password" if self.password is None else "username"
+            raise FieldProblem((key,), "username and password must be given together")
+        self._endpoint = parse_endpoint(self.host)
+        return self
+
+
+class PollConfig(_Section):
+    interval: Duration = 15.0
+    timeout: Duration = 5.0
+    concurrency: Annotated[int, Field(ge=1, le=10_000)] = 64
+    slow_interval: Duration = 600.0
+    identity_interval: Duration = 3600.0
+    max_backoff: Duration = 300.0
+
+    @model_validator(mode="after")
+    def _check_order(self) -> PollConfig:
+        interval = format_duration(self.interval)
+        if self.timeout >= self.interval:
+            message = f"timeout {format_duration(self.timeout)} must be shorter than interval"
+            raise FieldProblem(("timeout",), f"{message} {interval}")
+        for key in ("slow_interval", "identity_interval", "max_backoff"):
+            value: float = getattr(self, key)
+            if value < self.interval:
+                message = f"{key} {format_duration(value)} must not be shorter than interval"
+                raise FieldProblem((key,), f"{message} {interval}")
+        return self
+
+
+class ProbeConfig(_Section):
+    allow: list[str] = []
+    default_port: Port = 80
+
+    @property
+    def networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(cidr.strip(), strict=False) for cidr in self.allow)
+
+    @field_validator("allow")
+    @classmethod
+    def _check_networks(cls, allow: list[str]) -> list[str]:
+        for i, cidr in enumerate(allow):
+            try:
+                ipaddress.ip_network(cidr.strip(), strict=False)
+            except ValueError:
+                hint = "use IP networks like 192.168.1.0/24 or fd00::/64"
+                if _HOSTNAME.fullmatch(cidr.strip()) and re.search(r"[A-Za-z]", cidr):
+                    raise FieldProblem((i,), f"{cidr!r} is a hostname; {hint}") from None
+                raise FieldProblem((i,), f"{cidr!r} is not an IP network; {hint}") from None
+        return allow
+
+
+class InfluxConfig(_Section):
+    url: str
+    token: SecretStr | None = None
+    token_file: str | None = None
+    org: NonEmpty | None = None
+    bucket: NonEmpty | None = None
+    database: NonEmpty | None = None
+    retention_policy: NonEmpty | None = None
+    username: NonEmpty | None = None
+    password: SecretStr | None = None
+    precision: Precision = "s"
+    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 5000
+    flush_interval: Duration = 10.0
+    timeout: Duration = 10.0
+    gzip: bool = True
+    verify_tls: bool = True
+    ca_file: str | None = None
+    # An hour of a 100-device fleet: 100 devices x 240 polls x ~60 points = 1.44 M points.
+    buffer_points: Annotated[int, Field(ge=1)] = 2_000_000
+    spool_dir: str | None = None
+    max_retry_delay: Duration = 300.0
+    measurement_prefix: str = "lektrico"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_token_file(cls, data: Any, info: ValidationInfo) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("token_file"), str):
+            return data
+        name = data["token_file"]
+        if data.get("token") is not None:
+            raise FieldProblem(("token_file",), "set either token or token_file, not both")
+        path = _resolve(name, info)
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            reason = "not found" if isinstance(exc, FileNotFoundError) else exc.strerror
+            raise FieldProblem(("token_file",), f"cannot read {name}: {reason}") from None
+        except UnicodeDecodeError:
+            raise FieldProblem(("token_file",), f"{name} is not UTF-8 text") from None
+        if not token:
+            raise FieldProblem(("token_file",), f"{name} is empty")
+        return {**data, "token": token, "token_file": str(path)}
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        _parse_url(url.strip(), what="url")
+        return url.strip()
+
+    @field_validator("measurement_prefix")
+    @classmethod
+    def _check_prefix(cls, prefix: str) -> str:
+        if prefix and not _LABEL_NAME.fullmatch(prefix):
+            raise ValueError("must be letters, digits and _, not starting with a digit")
+        return prefix
+
+    @field_validator("ca_file")
+    @classmethod
+    def _check_ca_file(cls, path: str | None, info: ValidationInfo) -> str | None:
+        return _existing_file(path, info)
+
+    @field_validator("spool_dir")
+    @classmethod
+    def _resolve_spool_dir(cls, path: str | None, info: ValidationInfo) -> str | None:
+        return None if path is None else str(_resolve(path, info))
+
+    @model_validator(mode="after")
+    def _check_form(self) -> InfluxConfig:
+        if self.bucket is None and self.database is None:
+            raise ValueError("set bucket (InfluxDB 2.x/3.x) or database (InfluxDB 1.x)")
+        if self.bucket is not None and self.database is not None:
+            message = "set bucket (InfluxDB 2.x/3.x) or database (InfluxDB 1.x), not both"
+            raise FieldProblem(("database",), message)
+        if self.retention_policy is not None and self.database is None:
+            raise FieldProblem(("retention_policy",), "only applies with database (InfluxDB 1.x)")
+        if self.org is not None and self.bucket is None:
+            raise FieldProblem(("org",), "only applies with bucket (InfluxDB 2.x/3.x)")
+        if (self.username is None) != (self.password is None):
+            key = "password" if self.password is None else "username"
+            raise FieldProblem((key,), "username and password must be given together")
+        if self.ca_file is not None and not self.verify_tls:
+            raise FieldProblem(("ca_file",), "has no effect with verify_tls: false")
+        if self.buffer_points < self.batch_size:
+            message = f"must be at least batch_size ({self.batch_size})"
+            raise FieldProblem(("buffer_points",), message)
+        return self
+
+
+class LineProtocolConfig(_Section):
+    path: NonEmpty
+    precision: Precision = "s"
+
+    @field_validator("path")
+    @classmethod
+    def _resolve_path(cls, path: str, info: ValidationInfo) -> str:
+        return path if path == "-" else str(_resolve(path, info))
+
+
+class WebConfig(_Section):
+    config_file: str | None = None
+
+    @field_validator("config_file")
+    @classmethod
+    def _check_config_file(cls, path: str | None, info: ValidationInfo) -> str | None:
+        return _existing_file(path, info)
+
+
+class ShardConfig(_Section):
+    index: Annotated[int, Field(ge=0)]
+    count: Annotated[int, Field(ge=1)]
+
+    @model_validator(mode="after")
+    def _check_index(self) -> ShardConfig:
+        if self.index >= self.count:
+            message = f"index {self.index} must be less than count {self.count} (counted from 0)"
+            raise FieldProblem(("index",), message)
+        return self
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["logfmt", "json"] = "logfmt"
+
+
+_DEFAULTED_SECTIONS = ("devices", "device_files", "poll", "probe", "web", "log")
+
+
+class Config(_Section):
+    listen: str = "0.0.0.0:9654"
+    devices: list[DeviceConfig] = []
+    device_files: list[NonEmpty] = []
+    poll: PollConfig = Field(default_factory=PollConfig)
+    probe: ProbeConfig = Field(default_factory=ProbeConfig)
+    influxdb: InfluxConfig | None = None
+    line_protocol: LineProtocolConfig | None = None
+    web: WebConfig = Field(default_factory=WebConfig)
+    shard: ShardConfig | None = None
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    @property
+    def listen_host(self) -> str:
+        """Host part of `listen`; "" means every interface."""
+        return _split_host_port(self.listen, None)[0]
+
+    @property
+    def listen_port(self) -> int:
+        return _split_host_port(self.listen, None)[1]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections_are_defaults(cls, data: Any) -> Any:
+        # `poll:` with every child commented out is null in YAML; it means "the defaults".
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if not (v is None and k in _DEFAULTED_SECTIONS)}
+        return data
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _listen_is_text(cls, listen: Any) -> Any:
+        if isinstance(listen, int):
+            raise ValueError(f"write host:port, like 0.0.0.0:{listen} or [::]:{listen}")
+        return listen
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, listen: str) -> str:
+        host, _ = _split_host_port(listen.strip(), None)
+        if host:
+            _check_hostname(host)
+        return listen.strip()
+
+    @model_validator(mode="after")
+    def _check_fleet(self) -> Config:
+        first: dict[str, int] = {}
+        for i, device in enumerate(self.devices):
+            if device.name in first:
+                message = f"duplicate device name {device.name!r}, first used by"
+                other: Loc = ("devices", first[device.name])
+                raise FieldProblem(("devices", i, "name"), message, other=other)
+            first[device.name] = i
+            if device.timeout is not None and device.timeout >= self.poll.interval:
+                message = (
+                    f"timeout {format_duration(device.timeout)} must be shorter than"
+                    f" poll.interval {format_duration(self.poll.interval)}"
+                )
+                raise FieldProblem(("devices", i, "timeout"), message)
+        return self
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, parse and validate a configuration file; raises ConfigError (one line)."""
+    path = Path(path)
+    text = read_text(path, display=str(path))
+    return parse_config(text, str(path), environ, base_dir=path.parent)
+
+
+def parse_config(
+    text: str,
+    source: str = "<string>",
+    environ: Mapping[str, str] | None = None,
+    *,
+    base_dir: Path | None = None,
+) -> Config:
+    """Parse configuration YAML; relative paths are taken from `base_dir` (default: cwd)."""
+    return parse_settings(
+        Config,
+        text,
+        source=source,
+        base_dir=Path() if base_dir is None else base_dir,
+        environ=os.environ if environ is None else environ,
+    )

@@ -1,0 +1,534 @@
+"""Reading configuration YAML: `!env`/`!file` tags, `${VAR}` substitution and line numbers.
+
+A document becomes plain Python data plus a map from key path to line, so that errors found
+later by validation can say which line to fix. The errors themselves are defined here too: every
+problem with a configuration is one `ConfigError` whose text is a single line,
+`<key path>: <what is wrong> (line N)`.
+
+PyYAML keeps the last of two equal keys without a word; a pasted device block would then
+silently replace another, so duplicate keys are errors here.
+"""
+
+from __future__ import annotations
+
+import datetime
+import difflib
+import glob
+import os
+import re
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+Loc = tuple[str | int, ...]
+LineMap = dict[Loc, int]
+
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+_ENV_REF = re.compile(
+    r"\$\$\{|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}|\$\{"
+)
+_STR_TAG = "tag:yaml.org,2002:str"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class ConfigError(Exception):
+    """A configuration problem, rendered as one line: `[file: ]key.path: message (line N)`.
+
+    `file` is set when the problem is not inside the main configuration's settings: a file that
+    cannot be read or parsed, or a device file listed under `device_files`.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        key: Loc = (),
+        file: str | None = None,
+        line: int | None = None,
+        column: int | None = None,
+    ) -> None:
+        self.message = message
+        self.key = key_path(key)
+        self.file = file
+        self.line = line
+        self.column = column
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        parts = [p for p in (self.file, self.key) if p]
+        where = ""
+        if self.line is not None:
+            column = f", column {self.column}" if self.column is not None else ""
+            where = f" (line {self.line}{column})"
+        return ": ".join([*parts, self.message]) + where
+
+
+class ConfigFileError(ConfigError):
+    """A file (the configuration, a device file, a `!file` target) cannot be read."""
+
+
+class ConfigSyntaxError(ConfigError):
+    """Not valid YAML, or YAML this loader refuses: duplicate keys, unknown tags, tabs."""
+
+
+class ConfigValueError(ConfigError):
+    """Valid YAML whose settings are wrong: unknown keys, bad values, unset variables."""
+
+
+def key_path(loc: Loc) -> str:
+    """Render a location as users write it: `devices[2].labels.site`."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _PLAIN_KEY.fullmatch(part):
+            out += f".{part}" if out else part
+        else:
+            out += f'["{part}"]'
+    return out
+
+
+def line_of(lines: LineMap, loc: Loc) -> int | None:
+    """The line of `loc`, or of its nearest enclosing key when `loc` is not in the file."""
+    for end in range(len(loc), -1, -1):
+        if loc[:end] in lines:
+            return lines[loc[:end]]
+    return None
+
+
+def read_text(
+    path: Path, *, display: str, key: Loc = (), file: str | None = None, line: int | None = None
+) -> str:
+    """Read a UTF-8 file, turning every failure into one ConfigFileError line.
+
+    Without `key` the file is the configuration itself and becomes the error's locator;
+    with `key` it is a file some setting points at, named in the message.
+    """
+    where: dict[str, Any] = {"key": key, "file": file, "line": line} if key else {"file": display}
+    name = f"{display} " if key else ""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigFileError(f"file {name}not found", **where) from None
+    except IsADirectoryError:
+        raise ConfigFileError(f"{name}is a directory, not a file", **where) from None
+    except OSError as exc:
+        raise ConfigFileError(f"cannot read {name}file: {exc.strerror}", **where) from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        bad_line = data[: exc.start].count(b"\n") + 1
+        message = f"file {name}is not UTF-8 text: byte 0x{data[exc.start]:02x} on line {bad_line}"
+        raise ConfigFileError(message, **where) from None
+
+
+def expand_pattern(pattern: str, base_dir: Path) -> list[Path]:
+    """The files a `device_files` pattern names (`**` and `~` allowed), sorted."""
+    matches = sorted(glob.glob(os.path.expanduser(pattern), root_dir=base_dir, recursive=True))
+    return [base_dir / m for m in matches if (base_dir / m).is_file()]
+
+
+def load_yaml(
+    text: str, *, source: str, base_dir: Path, environ: Mapping[str, str], file: str | None
+) -> tuple[Any, LineMap]:
+    """Parse one YAML document into plain data and a key path → line map.
+
+    `file` names the document in errors about its settings (None for the main configuration,
+    whose key paths need no prefix); errors about the document as a whole always name `source`.
+    """
+    loader = _Loader(text)
+    try:
+        root = loader.get_single_node()
+    except yaml.MarkedYAMLError as exc:
+        raise _syntax_error(exc, text, source) from None
+    except yaml.reader.ReaderError as exc:
+        line = text[: exc.position].count("\n") + 1
+        message = f"invalid YAML: character #x{exc.character:04x} is not allowed"
+        raise ConfigSyntaxError(message, file=source, line=line) from None
+    except yaml.YAMLError as exc:
+        raise ConfigSyntaxError(f"invalid YAML: {_one_line(str(exc))}", file=source) from None
+    finally:
+        loader.dispose()
+    if root is None:
+        raise ConfigValueError("file is empty, expected a mapping of settings", file=source)
+    builder = _Builder(loader, base_dir=base_dir, environ=environ, file=file, source=source)
+    data = builder.build(root, ())
+    if not isinstance(data, dict):
+        kind = "a list" if isinstance(data, list) else "a single value"
+        message = f"top level must be a mapping of settings, got {kind}"
+        raise ConfigValueError(message, file=source, line=root.start_mark.line + 1)
+    return data, builder.lines
+
+
+# libyaml composes ten times faster than pure Python: a 5000-device file in 0.4 s, not 4 s.
+_SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_SafeLoader):  # type: ignore[valid-type,misc]
+    """Composes nodes only; `_Builder` turns them into data so it can track key paths."""
+
+
+def _syntax_error(exc: yaml.MarkedYAMLError, text: str, source: str) -> ConfigSyntaxError:
+    mark = exc.problem_mark or exc.context_mark
+    problem = exc.problem or exc.context or "invalid YAML"
+    if problem.startswith("but ") and exc.context:
+        problem = f"{exc.context}, {problem}"
+    if mark is None:
+        return ConfigSyntaxError(f"invalid YAML: {_one_line(problem)}", file=source)
+    lines = text.splitlines()
+    if mark.line < len(lines) and lines[mark.line][mark.column : mark.column + 1] == "\t":
+        problem = "tab character found; YAML indentation must use spaces"
+    message = f"invalid YAML: {_one_line(problem)}"
+    return ConfigSyntaxError(message, file=source, line=mark.line + 1, column=mark.column + 1)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _line(node: Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+class _Builder:
+    def __init__(
+        self,
+        loader: _Loader,
+        *,
+        base_dir: Path,
+        environ: Mapping[str, str],
+        file: str | None,
+        source: str,
+    ) -> None:
+        self._loader = loader
+        self._source = source
+        self._base_dir = base_dir
+        self._environ = environ
+        self._file = file
+        self._active: set[int] = set()
+        self._checked: set[int] = set()
+        self.lines: LineMap = {}
+
+    def error(self, message: str, loc: Loc, node: Node) -> ConfigValueError:
+        file = self._file if loc else self._file or self._source
+        return ConfigValueError(message, key=loc, file=file, line=_line(node))
+
+    def build(self, node: Node, loc: Loc) -> Any:
+        self.lines.setdefault(loc, _line(node))
+        if isinstance(node, ScalarNode):
+            return self._scalar(node, loc)
+        if node.tag.startswith("!"):
+            raise self.error(f"tag {node.tag} only applies to a single value", loc, node)
+        if id(node) in self._active:
+            raise self.error("alias refers to itself", loc, node)
+        self._active.add(id(node))
+        try:
+            if isinstance(node, SequenceNode):
+                return [self.build(item, (*loc, i)) for i, item in enumerate(node.value)]
+            assert isinstance(node, MappingNode)
+            return self._mapping(node, loc)
+        finally:
+            self._active.discard(id(node))
+
+    def _mapping(self, node: MappingNode, loc: Loc) -> dict[str, Any]:
+        if id(node) not in self._checked:
+            self._checked.add(id(node))
+            first: dict[str, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == _MERGE_TAG:
+                    continue
+                key = self._key(key_node, loc)
+                if key in first:
+                    message = f"duplicate key {key!r}, first defined on line {first[key]}"
+                    raise ConfigSyntaxError(
+                        message, key=(*loc, key), file=self._file, line=_line(key_node)
+                    )
+                first[key] = _line(key_node)
+            try:
+                self._loader.flatten_mapping(node)
+            except yaml.MarkedYAMLError as exc:
+                message = f"bad merge key: {_one_line(exc.problem or '')}"
+                raise self.error(message, loc, node) from None
+        # Merged (`<<`) pairs come first, so the mapping's own keys override them.
+        winners = {self._key(k, loc): (k, v) for k, v in node.value}
+        result: dict[str, Any] = {}
+        for key, (key_node, value_node) in winners.items():
+            self.lines[(*loc, key)] = _line(key_node)
+            result[key] = self.build(value_node, (*loc, key))
+        return result
+
+    def _key(self, node: Node, loc: Loc) -> str:
+        if not isinstance(node, ScalarNode) or node.tag.startswith("!"):
+            raise self.error("mapping keys must be plain names", loc, node)
+        return str(node.value)
+
+    def _scalar(self, node: ScalarNode, loc: Loc) -> Any:
+        if node.tag == "!env":
+            name = str(node.value).strip()
+            if name not in self._environ:
+                raise self.error(f"environment variable {name} (from !env) is not set", loc, node)
+            return self._environ[name]
+        if node.tag == "!file":
+            path = self._base_dir / str(node.value).strip()
+            display = str(node.value).strip()
+            text = read_text(path, display=display, key=loc, file=self._file, line=_line(node))
+            return text.rstrip("\r\n")
+        if node.tag.startswith("!"):
+            raise self.error(f"unknown tag {node.tag}; use !env or !file", loc, node)
+        try:
+            value = self._loader.construct_object(node)
+        except yaml.MarkedYAMLError as exc:
+            raise self.error(_one_line(exc.problem or "invalid value"), loc, node) from None
+        if node.tag == _STR_TAG and isinstance(value, str):
+            return self._substitute(value, loc, node)
+        return value
+
+    def _substitute(self, value: str, loc: Loc, node: Node) -> str:
+        def replace(match: re.Match[str]) -> str:
+            if match.group(0) == "$${":
+                return "${"
+            name = match.group("name")
+            if name is None:
+                raise self.error("malformed ${...}: write ${NAME} or ${NAME:-default}", loc, node)
+            found = self._environ.get(name, "")
+            if found:
+                return found
+            default = match.group("default")
+            if default is not None:
+                return default
+            if name in self._environ:
+                return found
+            raise self.error(f"environment variable {name} is not set", loc, node)
+
+        return _ENV_REF.sub(replace, value)
+
+
+# ---- validation ------------------------------------------------------------------------------
+
+
+class FieldProblem(ValueError):
+    """A validation failure about a key below the model that found it, e.g. `labels.__x`.
+
+    `other` is a second location the message refers to (the first of two duplicate names);
+    it is rendered with its file and line, which only the loader knows.
+    """
+
+    def __init__(self, loc: Loc, message: str, *, other: Loc | None = None) -> None:
+        self.loc = loc
+        self.message = message
+        self.other = other
+        super().__init__(self.render(key_path))
+
+    def render(self, describe: Callable[[Loc], str]) -> str:
+        return self.message if self.other is None else f"{self.message} {describe(self.other)}"
+
+
+def describe_kind(value: object) -> str:
+    """What a YAML value is, for messages that must not echo it: "a list", "a number"."""
+    if value is None:
+        return "nothing (null)"
+    kinds: list[tuple[type | tuple[type, ...], str]] = [
+        (bool, "a boolean"),
+        ((int, float), "a number"),
+        (str, "a string"),
+        (list, "a list"),
+        (dict, "a mapping"),
+        ((datetime.date, datetime.datetime), "a date"),
+    ]
+    for classes, name in kinds:
+        if isinstance(value, classes):
+            return name
+    return f"a {type(value).__name__}"
+
+
+Settings = TypeVar("Settings", bound=BaseModel)
+
+
+def parse_settings(
+    model: type[Settings], text: str, *, source: str, base_dir: Path, environ: Mapping[str, str]
+) -> Settings:
+    """Parse and validate the main configuration, merging in the devices of `device_files`.
+
+    The main file is validated alone first, so its own mistakes are reported before any device
+    file is read; then once more with every device, which checks names across the whole fleet.
+    """
+    data, lines = load_yaml(text, source=source, base_dir=base_dir, environ=environ, file=None)
+    main = _Source(source, lines, is_main=True)
+    context = {"base_dir": base_dir}
+    settings = _validate(model, data, _Locator(main), context)
+    patterns: list[str] = data.get("device_files") or []
+    if not patterns:
+        return settings
+    devices: list[Any] = list(data.get("devices") or [])
+    origins = [(main, i) for i in range(len(devices))]
+    seen: set[Path] = set()
+    for k, pattern in enumerate(patterns):
+        paths = expand_pattern(pattern, base_dir)
+        if not paths:
+            loc: Loc = ("device_files", k)
+            raise ConfigValueError(f"{pattern!r} matches no files", key=loc, line=lines.get(loc))
+        for path in paths:
+            if path.resolve() in seen:
+                continue
+            seen.add(path.resolve())
+            device_source, items = _read_device_file(path, environ)
+            origins.extend((device_source, i) for i in range(len(items)))
+            devices.extend(items)
+    return _validate(model, {**data, "devices": devices}, _Locator(main, origins), context)
+
+
+def _read_device_file(path: Path, environ: Mapping[str, str]) -> tuple[_Source, list[Any]]:
+    display = str(path)
+    text = read_text(path, display=display)
+    if path.suffix.lower() == ".json":
+        # YAML refuses tabs that JSON allows; in valid JSON every raw tab is only whitespace.
+        text = text.replace("\t", " ")
+    data, lines = load_yaml(
+        text, source=display, base_dir=path.parent, environ=environ, file=display
+    )
+
+    def fail(message: str, loc: Loc) -> ConfigValueError:
+        return ConfigValueError(message, key=loc, file=display, line=line_of(lines, loc))
+
+    for key in data:
+        if key != "devices":
+            raise fail("unknown key; a device file holds only a devices list", (key,))
+    if "devices" not in data:
+        raise fail("a device file must hold a devices list", ())
+    devices = data["devices"] if data["devices"] is not None else []
+    if not isinstance(devices, list):
+        raise fail(f"expected a list of devices, got {describe_kind(devices)}", ("devices",))
+    return _Source(display, lines, is_main=False), devices
+
+
+@dataclass(frozen=True)
+class _Source:
+    name: str
+    lines: LineMap
+    is_main: bool
+
+    @property
+    def file(self) -> str | None:
+        """How errors name this file: the main configuration's key paths need no prefix."""
+        return None if self.is_main else self.name
+
+
+class _Locator:
+    """Maps a location in the merged settings back to the file and key path it came from."""
+
+    def __init__(self, main: _Source, devices: list[tuple[_Source, int]] | None = None) -> None:
+        self._main = main
+        self._devices = devices or []
+
+    def place(self, loc: Loc) -> tuple[_Source, Loc]:
+        if len(loc) >= 2 and loc[0] == "devices" and isinstance(loc[1], int):
+            origin = self._devices[loc[1]] if loc[1] < len(self._devices) else None
+            if origin:
+                return origin[0], ("devices", origin[1], *loc[2:])
+        return self._main, loc
+
+    def describe(self, loc: Loc, seen_from: _Source) -> str:
+        """`loc` for a message about a key in `seen_from`: names the file if it is another."""
+        source, local = self.place(loc)
+        text = key_path(local)
+        if source is not seen_from:
+            text += f" in {source.name}"
+        line = line_of(source.lines, local)
+        return text if line is None else f"{text} on line {line}"
+
+    def explain(self, exc: ValidationError, model: type[BaseModel]) -> ConfigValueError:
+        error = exc.errors(include_url=False)[0]
+        loc: Loc = tuple(part for part in error["loc"] if part != "[key]")
+        problem = error.get("ctx", {}).get("error")
+        if isinstance(problem, FieldProblem):
+            loc = (*loc, *problem.loc)
+        source, local = self.place(loc)
+        if isinstance(problem, FieldProblem):
+            message = problem.render(lambda other: self.describe(other, source))
+        else:
+            message = _message(error, model, loc)
+        return ConfigValueError(
+            message, key=local, file=source.file, line=line_of(source.lines, local)
+        )
+
+
+def _validate(
+    model: type[Settings], data: Any, locator: _Locator, context: dict[str, Any]
+) -> Settings:
+    try:
+        return model.model_validate(data, context=context)
+    except ValidationError as exc:
+        raise locator.explain(exc, model) from None
+
+
+def _short(value: object) -> str:
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        text = repr(value)
+        return text if len(text) <= 40 else text[:37] + "..."
+    return describe_kind(value)
+
+
+def _message(error: ErrorDetails, model: type[BaseModel], loc: Loc) -> str:
+    kind, value, ctx = error["type"], error["input"], error.get("ctx", {})
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "extra_forbidden":
+        names = _field_names(model, loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), names, n=1) if loc else []
+        return f"unknown key; did you mean {close[0]!r}?" if close else "unknown key"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"expected a mapping, got {describe_kind(value)}"
+    if kind == "list_type":
+        return f"expected a list, got {describe_kind(value)}"
+    if kind == "string_type":
+        quote = "" if isinstance(value, list | dict) or value is None else "; put it in quotes"
+        return f"must be a string, got {describe_kind(value)}{quote}"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"must be a whole number, got {_short(value)}"
+    if kind in ("float_type", "float_parsing"):
+        return f"must be a number, got {_short(value)}"
+    if kind in ("bool_type", "bool_parsing"):
+        return f"must be true or false, got {_short(value)}"
+    if kind == "literal_error":
+        return f"must be one of {ctx['expected']}, got {_short(value)}"
+    if kind == "string_too_short":
+        return "must not be empty"
+    bounds = {
+        "greater_than_equal": ("at least", "ge"),
+        "less_than_equal": ("at most", "le"),
+        "greater_than": ("greater than", "gt"),
+        "less_than": ("less than", "lt"),
+    }
+    if kind in bounds:
+        words, key = bounds[kind]
+        return f"must be {words} {ctx[key]}, got {_short(value)}"
+    if kind in ("value_error", "assertion_error") and "error" in ctx:
+        return _one_line(str(ctx["error"]))
+    return _one_line(error["msg"])
+
+
+def _field_names(model: type[BaseModel], loc: Loc) -> list[str]:
+    """Keys allowed at `loc`, for "did you mean" hints; [] where `loc` is not a model."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            args = get_args(current)
+            current = args[0] if args else None
+        elif isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(part)
+            current = field.annotation if field else None
+        else:
+            return []
+        if get_origin(current) in (Union, types.UnionType):
+            options = [arg for arg in get_args(current) if arg is not type(None)]
+            current = options[0] if len(options) == 1 else None
+    if get_origin(current) is None and isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
