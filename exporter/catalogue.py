@@ -154,6 +154,7 @@ class EnumSet:
 
     source: Src
     codes: Mapping[int, str]
+    fallbacks: tuple[Src, ...] = ()  # asked in order when `source` is absent
 
 
 @dataclass(frozen=True)
@@ -183,8 +184,10 @@ class Influx:
     """Where a metric goes in InfluxDB: measurement suffix, field name and field type.
 
     Labels other than device/user labels become tags, except where `label_as_field` asks for
-    one field per label value (error flags, config flags, limits): that keeps one point per poll.
-    Statesets are written as one string field holding the current state.
+    one field per label value, named `field` + value (error flags, config flags, limits): that
+    keeps one point per poll. Info metrics with `label_as_field` write each label as a string
+    field named `field` + label name. Statesets are written as one string field holding the
+    current state. Counters are "int". The serializer is exporter/influx.py.
     """
 
     measurement: str
@@ -358,7 +361,7 @@ CATALOGUE: tuple[Metric, ...] = (
             )
         ),
         labels=("device_id", "model", "serial", "fw_version", "fw_id", "board_revision", "alias"),
-        influx=Influx("device", "info", "string"),
+        influx=Influx("device", "", "string", label_as_field=True),
     ),
     # ---- charger live values ----
     Metric(
@@ -459,7 +462,7 @@ CATALOGUE: tuple[Metric, ...] = (
         Group.LIVE,
         CHG,
         Number((Src(CI, "total_charged_energy"), Src(CC, "total_charged_energy")), scale=KWH),
-        influx=Influx("charger", "energy_joules_total", "float"),
+        influx=Influx("charger", "energy_joules_total", "int"),
         valid=NONNEG,
     ),
     Metric(
@@ -515,7 +518,7 @@ CATALOGUE: tuple[Metric, ...] = (
         CHG,
         Labelled(CURRENT_LIMITS),
         labels=("limit",),
-        influx=Influx("charger_limits", "", "float", label_as_field=True),
+        influx=Influx("charger", "current_limit_amperes_", "float", label_as_field=True),
         valid=AMPS,
     ),
     # ---- errors ----
@@ -528,7 +531,7 @@ CATALOGUE: tuple[Metric, ...] = (
         CHG,
         Flags("Active_errors.Get"),
         labels=("error",),
-        influx=Influx("charger_errors_active", "", "bool", label_as_field=True),
+        influx=Influx("charger_errors", "active_", "bool", label_as_field=True),
     ),
     Metric(
         "lektrico_error_logged",
@@ -539,7 +542,7 @@ CATALOGUE: tuple[Metric, ...] = (
         CHG,
         Flags("Logged_errors.Get"),
         labels=("error",),
-        influx=Influx("charger_errors_logged", "", "bool", label_as_field=True),
+        influx=Influx("charger_errors", "logged_", "bool", label_as_field=True),
     ),
     # ---- counters ----
     Metric(
@@ -550,7 +553,7 @@ CATALOGUE: tuple[Metric, ...] = (
         Group.LIVE,
         CHG,
         Number((Src(CC, "total_charged_time"),), scale=60.0),
-        influx=Influx("charger_counters", "charging_duration_seconds_total", "int"),
+        influx=Influx("charger", "charging_duration_seconds_total", "int"),
         valid=NONNEG,
     ),
     Metric(
@@ -561,7 +564,7 @@ CATALOGUE: tuple[Metric, ...] = (
         Group.LIVE,
         CHG,
         Number((Src(CC, "total_charged_sessions"),)),
-        influx=Influx("charger_counters", "sessions_total", "int"),
+        influx=Influx("charger", "sessions_total", "int"),
         valid=NONNEG,
     ),
     Metric(
@@ -572,7 +575,7 @@ CATALOGUE: tuple[Metric, ...] = (
         Group.LIVE,
         CHG,
         Number((Src(CC, "reset_counter"),)),
-        influx=Influx("charger_counters", "resets_total", "int"),
+        influx=Influx("charger", "resets_total", "int"),
         valid=NONNEG,
     ),
     Metric(
@@ -583,7 +586,7 @@ CATALOGUE: tuple[Metric, ...] = (
         Group.LIVE,
         CHG,
         Number((Src(CC, "last_session_energy"),), scale=WH),
-        influx=Influx("charger_counters", "last_session_energy_joules", "float"),
+        influx=Influx("charger", "last_session_energy_joules", "float"),
         valid=NONNEG,
     ),
     # ---- configuration and connectivity ----
@@ -596,7 +599,7 @@ CATALOGUE: tuple[Metric, ...] = (
         BOTH,
         Labelled(CONFIG_FLAGS, boolean=True),
         labels=("flag",),
-        influx=Influx("config", "", "bool", label_as_field=True),
+        influx=Influx("device", "", "bool", label_as_field=True),
     ),
     Metric(
         "lektrico_led_brightness_ratio",
@@ -606,7 +609,7 @@ CATALOGUE: tuple[Metric, ...] = (
         Group.LIVE,
         CHG,
         Number((Src(AC, "led_max_brightness"), Src(CI, "led_max_brightness")), scale=0.01),
-        influx=Influx("config", "led_brightness_ratio", "float"),
+        influx=Influx("charger", "led_brightness_ratio", "float"),
         valid=(0.0, 1.0),
     ),
     Metric(
@@ -617,7 +620,7 @@ CATALOGUE: tuple[Metric, ...] = (
         Group.LIVE,
         CHG,
         Number((Src(AC, "user_power"),)),
-        influx=Influx("config", "user_power_limit_watts", "float"),
+        influx=Influx("charger", "user_power_limit_watts", "float"),
         valid=NONNEG,
     ),
     Metric(
@@ -628,7 +631,7 @@ CATALOGUE: tuple[Metric, ...] = (
         Group.LIVE,
         BOTH,
         Number((Src(DI, "connected_phase"), Src(AC, "connected_phase"))),
-        influx=Influx("config", "connected_phases", "int"),
+        influx=Influx("device", "connected_phases", "int"),
         valid=(0.0, 3.0),
     ),
     Metric(
@@ -645,7 +648,7 @@ CATALOGUE: tuple[Metric, ...] = (
             )
         ),
         labels=("threshold",),
-        influx=Influx("config", "temperature_threshold_celsius_", "float", label_as_field=True),
+        influx=Influx("charger", "temperature_threshold_celsius_", "float", label_as_field=True),
         valid=CELSIUS,
     ),
     Metric(
@@ -656,7 +659,7 @@ CATALOGUE: tuple[Metric, ...] = (
         Group.LIVE,
         BOTH,
         Number((Src(WS, "connected"),), boolean=True),
-        influx=Influx("wifi", "connected", "bool"),
+        influx=Influx("device", "wifi_connected", "bool"),
     ),
     Metric(
         "lektrico_wifi_signal_dbm",
@@ -666,7 +669,7 @@ CATALOGUE: tuple[Metric, ...] = (
         Group.LIVE,
         BOTH,
         Number((Src(WS, "rssi"),)),
-        influx=Influx("wifi", "signal_dbm", "float"),
+        influx=Influx("device", "wifi_signal_dbm", "float"),
         valid=(-150.0, 20.0),
     ),
     Metric(
@@ -684,7 +687,7 @@ CATALOGUE: tuple[Metric, ...] = (
             )
         ),
         labels=("ssid", "bssid", "ip"),
-        influx=Influx("wifi", "info", "string"),
+        influx=Influx("device", "wifi_", "string", label_as_field=True),
     ),
     Metric(
         "lektrico_em_connected",
@@ -763,7 +766,12 @@ CATALOGUE: tuple[Metric, ...] = (
         "",
         Group.LIVE,
         MTR,
-        EnumSet(Src(MI, "load_balancing_mode"), LOAD_BALANCING_MODES),
+        # Meter_info of real meters may lack it (the library merges App_config into it).
+        EnumSet(
+            Src(MI, "load_balancing_mode"),
+            LOAD_BALANCING_MODES,
+            fallbacks=(Src(AC, "load_balancing_mode"),),
+        ),
         labels=("mode",),
         influx=Influx("meter", "load_balancing_mode", "string"),
     ),
@@ -777,6 +785,7 @@ CATALOGUE: tuple[Metric, ...] = (
         BOTH,
         Computed(),
         labels=("reason",),
+        influx=Influx("device", "poll_errors_total_", "int", label_as_field=True),
     ),
     Metric(
         "lektrico_values_dropped_total",
@@ -787,6 +796,7 @@ CATALOGUE: tuple[Metric, ...] = (
         BOTH,
         Computed(),
         labels=("reason",),
+        influx=Influx("device", "values_dropped_total_", "int", label_as_field=True),
     ),
 )
 

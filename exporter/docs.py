@@ -12,8 +12,10 @@ def _source(metric: cat.Metric) -> str:
     srcs: list[cat.Src] = []
     if isinstance(ex, cat.Number | cat.StateSet):
         srcs = list(ex.sources)
-    elif isinstance(ex, cat.PerPhase | cat.EnumSet):
+    elif isinstance(ex, cat.PerPhase):
         srcs = [ex.source]
+    elif isinstance(ex, cat.EnumSet):
+        srcs = [ex.source, *ex.fallbacks]
     elif isinstance(ex, cat.Labelled | cat.Info):
         pairs = ex.entries if isinstance(ex, cat.Labelled) else ex.fields
         srcs = [s for _, sources in pairs for s in sources]
