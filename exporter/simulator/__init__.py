@@ -1,0 +1,33 @@
+"""Device simulator: Lektri.co chargers and meters served over real sockets for tests and load.
+
+``device`` holds the profiles, state machine and replies; ``server`` the HTTP serving, faults,
+call log and control API; ``cli`` the ``simulate`` command.
+"""
+
+from .device import PROFILES, Device, ManualClock, SimClock, make_device
+from .server import (
+    FAULT_MODES,
+    SPELLINGS,
+    CallRecord,
+    ControlServer,
+    DeviceSpec,
+    Fault,
+    SimulatedFleet,
+    loopback_address,
+)
+
+__all__ = [
+    "FAULT_MODES",
+    "PROFILES",
+    "SPELLINGS",
+    "CallRecord",
+    "ControlServer",
+    "Device",
+    "DeviceSpec",
+    "Fault",
+    "ManualClock",
+    "SimClock",
+    "SimulatedFleet",
+    "loopback_address",
+    "make_device",
+]

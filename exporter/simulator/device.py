@@ -1,0 +1,645 @@
+"""Simulated Lektri.co devices: profiles, a deterministic state machine and RPC replies.
+
+A device knows nothing about HTTP. ``device.read("Charger_info.Get")`` returns the reply as a
+dict, ``device.reply(...)`` the JSON bytes a real unit would send; ``device.methods`` lists the
+canonical names of the read methods the profile answers.
+
+Profiles (``PROFILES``):
+
+- ``1p7k-old``: 1P7K, firmware 1.47, prerelease-2023 API (trailing-space keys in
+  System_currents and EM_status, ``state_machine_e_activated``, integer counters energy,
+  ``reset_counter``; no Charger_config/Board_revision, no ``user_power``).
+- ``1p7k``: 1P7K on the public v2.0 API; ``1p7k-partial``: the same with the keys firmware 1.51
+  leaves out of Charger_info.Get.
+- ``3p22k``: three-phase charger on v2.0, scalar ``voltage`` is 0 like on real units.
+- ``em`` / ``3em``: single- and three-phase energy meters (Meter_info.Get); the 3EM may export
+  to the grid on one phase (negative power).
+
+Time: a device reads a ``Clock`` (simulated seconds). Chargers walk a scripted, seeded sequence
+of segments (A, B, B_AUTH, C, B_PAUSE, ...) and integrate energy and time in closed form, so
+the same seed, name and profile always give the same history, whatever the polling pattern.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+JSONDict = dict[str, Any]
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """Simulated seconds since the clock started."""
+        ...
+
+
+class SimClock:
+    """Real monotonic time scaled by ``speed``; stands still when ``frozen``."""
+
+    def __init__(self, speed: float = 1.0, frozen: bool = False) -> None:
+        if speed <= 0:
+            raise ValueError("speed must be positive")
+        self.speed = speed
+        self.frozen = frozen
+        self._start = time.monotonic()
+
+    def now(self) -> float:
+        if self.frozen:
+            return 0.0
+        return (time.monotonic() - self._start) * self.speed
+
+
+class ManualClock:
+    """A clock tests move by hand."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self._now = start
+
+    def now(self) -> float:
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        self._now += seconds
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    kind: str  # "charger" or "meter"
+    legacy_api: bool  # prerelease-2023 firmware instead of the public v2.0 API
+    phases: int
+    fw_version: str
+    fw_id: str
+    id_prefix: str
+    omitted_keys: frozenset[str] = frozenset()
+
+
+PROFILES: dict[str, Profile] = {
+    p.name: p
+    for p in (
+        Profile("1p7k-old", "charger", True, 1, "1.47", "20230109-124642/v1.22-36-g56a3edd",
+                "1p7k_"),
+        Profile("1p7k", "charger", False, 1, "1.60", "20250225-101530/v1.60-4-g8c21f0b", "1p7k_"),
+        Profile("1p7k-partial", "charger", False, 1, "1.51", "20240611-093012/v1.51-2-g3e9d7a1",
+                "1p7k_",
+                # Exactly the keys the fw 1.51 capture lacks.
+                frozenset({"charging_time", "session_id", "heap_free", "pwm_current",
+                           "em_current", "led_max_brightness", "current", "voltage",
+                           "energy_index"})),
+        Profile("3p22k", "charger", False, 3, "1.60", "20250225-101530/v1.60-4-g8c21f0b",
+                "3p22k_"),
+        Profile("em", "meter", False, 1, "1.15", "20240305-141210/v1.15-0-g7a0c2e4", "m2w_81"),
+        Profile("3em", "meter", False, 3, "1.15", "20240305-141210/v1.15-0-g7a0c2e4", "m2w_83"),
+    )
+}
+
+ERROR_FLAGS = (
+    "state_e_activated", "overtemp", "critical_temp", "overcurrent", "meter_fault",
+    "voltage_error", "rcd_error", "rcd_test_error", "rcd_err_pin_error", "rcd_err6_pin_error",
+    "rcd_init_start_error", "rcd_init_end_error", "state_f_activated", "contactor_failure",
+    "cp_diode_failure", "undervoltage_error", "overvoltage_error", "state_machine_na_error",
+)
+_ERROR_CAUSES = ("overtemp", "rcd_error", "overcurrent", "voltage_error", "cp_diode_failure")
+_LEGACY_SYSTEM_CURRENT_KEYS = {
+    # The prerelease firmware really sends these with a trailing space, except user_current.
+    name: name if name == "user_current" else name + " "
+    for name in ("cable_current", "install_current", "dynamic_current", "user_current",
+                 "charging_current", "system_max_current", "schedule_current", "ocpp_current",
+                 "em_current")
+}
+_IEC_STATE = {"B_AUTH": "B", "B_PAUSE": "B", "B_SCHEDULER": "B", "OTA": "A", "LOCKED": "A"}
+_ZERO3 = (0.0, 0.0, 0.0)
+
+
+def device_key(seed: int, name: str, profile: str) -> int:
+    """Stable 64-bit key: identical in every process, unlike ``hash()``."""
+    digest = hashlib.sha256(f"{seed}:{name}:{profile}".encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+def default_serial(seed: int, name: str) -> int:
+    return 100000 + device_key(seed, name, "serial") % 900000
+
+
+def encode(obj: JSONDict) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+class Device(ABC):
+    """Common identity, network and caching; subclasses provide the live values."""
+
+    def __init__(self, name: str, profile: Profile, *, seed: int, serial: int, alias: str,
+                 ssid: str, clock: Clock) -> None:
+        self.name = name
+        self.profile = profile
+        self.serial = serial
+        self.alias = alias
+        self.ssid = ssid
+        self._clock = clock
+        self._key = device_key(seed, name, profile.name)
+        self._rng = random.Random(self._key)
+        self._cache: dict[str, bytes] = {}
+        self.methods: dict[str, Callable[[], JSONDict]] = {
+            "Device_info.Get": self._device_info,
+            "Device_id.Get": lambda: {"device_id": self.device_id},
+            "Sw_version.Get": lambda: {"fw_version": profile.fw_version, "fw_id": profile.fw_id},
+            "Wifi_status.Get": self._wifi_status,
+            "App_config.Get": self._app_config,
+        }
+        # Offsetting each device's clock spreads a fleet over all states from the start.
+        self._offset = self._rng.uniform(0.0, 12 * 3600.0)
+        self._rssi = self._rng.randint(-82, -45)
+
+    @property
+    def device_id(self) -> str:
+        return f"{self.profile.id_prefix}{self.serial:06d}"
+
+    def set_alias(self, alias: str) -> None:
+        self.alias = alias
+        self._cache.clear()
+
+    def read(self, method: str) -> JSONDict:
+        """The reply of a canonical read method as a dict; KeyError if not offered."""
+        builder = self.methods[method]
+        self._sync()
+        return builder()
+
+    def reply(self, method: str) -> bytes:
+        self._sync()
+        body = self._cache.get(method)
+        if body is None:
+            body = self._cache[method] = encode(self.methods[method]())
+        return body
+
+    def garbled(self, method: str) -> bytes:
+        """The reply with wrong value types, chosen deterministically per device and method."""
+        rng = random.Random(f"{self._key}:garbage:{method}")
+        reply = self.read(method)
+        garbled = {key: _garble(value, rng) for key, value in reply.items()}
+        # Whatever the dice said, one number always arrives as a string.
+        for key, value in reply.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                garbled[key] = str(value)
+                break
+        return json.dumps(garbled, separators=(",", ":")).encode()
+
+    def _sync(self) -> None:
+        if self._advance(math.floor(self._clock.now() + self._offset)):
+            self._cache.clear()
+
+    @abstractmethod
+    def _advance(self, t: float) -> bool:
+        """Move the simulation to device time ``t``; True if any reply may have changed."""
+
+    @abstractmethod
+    def _app_config(self) -> JSONDict: ...
+
+    def _device_info(self) -> JSONDict:
+        return {"device_id": self.device_id, "connected_phase": self.profile.phases,
+                "fw_version": self.profile.fw_version, "charger_alias": self.alias}
+
+    def _wifi_status(self) -> JSONDict:
+        s = self.serial
+        return {"connected": True, "sta_ip": f"192.168.{1 + s % 3}.{2 + s % 250}",
+                "sta_name": self.ssid, "rssi": self._rssi,
+                "bssid": f"a4:2b:b0:{s % 256:02x}:{s // 256 % 256:02x}:{s // 65536 % 256:02x}"}
+
+
+def _garble(value: Any, rng: random.Random) -> Any:
+    choice = rng.randrange(6)
+    if choice == 0:
+        return json.dumps(value) if isinstance(value, bool | list) else str(value)
+    if choice == 1:
+        return None
+    if choice == 2:
+        return math.nan
+    if choice == 3:
+        return {"value": value}
+    if choice == 4:
+        return value[:1] if isinstance(value, list) else [value]
+    return value
+
+
+@dataclass(frozen=True)
+class _Limits:
+    """Current limits in amperes; ``offered`` is the smallest, ``reason`` names it."""
+
+    install: int
+    user: int
+    dynamic: int
+    em: int
+    temperature: int
+    offered: int
+    reason: int
+
+
+@dataclass(frozen=True)
+class _Segment:
+    state: str  # extended charger state
+    duration: float
+    voltages: tuple[float, float, float]
+    currents: tuple[float, float, float] = _ZERO3
+    limits: _Limits | None = None  # None keeps the previous limits
+    error: str | None = None
+    starts_session: bool = False
+
+
+@dataclass
+class _Counters:
+    session_id: int
+    sessions: int
+    total_wh: float
+    total_time_s: float
+    reset_counter: int
+    session_wh: float = 0.0
+    session_time_s: float = 0.0
+    last_session_wh: int = 0
+
+
+@dataclass
+class _ChargerConfig:
+    install: int
+    user: int
+    headless: bool
+    brightness: int
+    user_power: int
+    ambient: float
+    overtemp: int
+    critical: int
+    board: str
+    cars: tuple[int, ...] = (32, 32, 16, 13)  # per-phase current the plugged-in car accepts
+
+
+class Charger(Device):
+    """A charger walking a seeded script of plug-in sessions and rare episodes.
+
+    ``charging_snapshot`` starts it halfway through its first charging segment; on a frozen
+    clock it stays there, which is what golden tests need.
+    """
+
+    _TAU = 900.0  # thermal time constant of the enclosure, seconds
+
+    def __init__(self, name: str, profile: Profile, *, seed: int, serial: int, alias: str,
+                 ssid: str, clock: Clock, charging_snapshot: bool = False) -> None:
+        super().__init__(name, profile, seed=seed, serial=serial, alias=alias, ssid=ssid,
+                         clock=clock)
+        rng = self._rng
+        self._config = _ChargerConfig(
+            install=rng.choice((16, 20, 25, 32, 32)), user=rng.choice((32, 32, 24, 16)),
+            headless=rng.random() < 0.8, brightness=rng.choice((10, 30, 50, 100)),
+            user_power=7360 * profile.phases, ambient=round(rng.uniform(12.0, 26.0), 1),
+            overtemp=rng.choice((65, 70)), critical=rng.choice((75, 80)),
+            board=rng.choice("BCE"))
+        session_id = rng.randint(1, 900)
+        self._counters = _Counters(
+            session_id=session_id, sessions=session_id + rng.randint(0, 20),
+            total_wh=session_id * rng.uniform(8000.0, 15000.0),
+            total_time_s=session_id * rng.uniform(3000.0, 6000.0),
+            reset_counter=rng.randint(0, 40))
+        self._temperature = self._config.ambient
+        self._limits = self._draw_limits()
+        self._active: set[str] = set()
+        self._logged: set[str] = set()
+        self._in_session = False
+        self._script = self._sessions()
+        self._t = 0.0
+        self._enter(next(self._script))
+        self._advance(self._offset)
+        if charging_snapshot:
+            self._skip_to_charging()
+        self._add_methods()
+
+    @property
+    def extended_state(self) -> str:
+        self._sync()
+        return self._segment.state
+
+    # --- simulation -------------------------------------------------------------------
+
+    def _advance(self, t: float) -> bool:
+        if t <= self._t:
+            return False
+        while t > self._t:
+            step_to = min(t, self._segment_end)
+            self._integrate(step_to - self._t)
+            self._t = step_to
+            if self._t >= self._segment_end:
+                self._enter(next(self._script))
+        return True
+
+    def _skip_to_charging(self) -> None:
+        while self._segment.state != "C":
+            self._advance(self._segment_end)
+        self._advance(self._t + self._segment.duration / 2)
+        self._offset = self._t - self._clock.now()
+
+    def _integrate(self, dt: float) -> None:
+        if self._segment.state == "C":
+            wh = self._power * dt / 3600.0
+            c = self._counters
+            c.session_wh += wh
+            c.total_wh += wh
+            c.session_time_s += dt
+            c.total_time_s += dt
+        # Enclosure heats towards ambient plus a rise proportional to per-phase load.
+        target = self._config.ambient + 2.5 * self._power / 1000.0 / self.profile.phases
+        self._temperature = target + (self._temperature - target) * math.exp(-dt / self._TAU)
+
+    def _enter(self, segment: _Segment) -> None:
+        c = self._counters
+        if segment.state == "A" and self._in_session:
+            self._in_session = False
+            c.last_session_wh = round(c.session_wh)
+        if segment.starts_session:
+            self._in_session = True
+            c.session_id += 1
+            c.sessions += 1
+            c.session_wh = 0.0
+            c.session_time_s = 0.0
+        if segment.limits is not None:
+            self._limits = segment.limits
+        self._active = {"state_e_activated", segment.error} if segment.error else set()
+        self._logged |= self._active
+        self._segment = segment
+        self._segment_end = self._t + segment.duration
+        self._power = round(sum(i * v for i, v in zip(segment.currents, segment.voltages,
+                                                       strict=True)), 2)
+
+    def _sessions(self) -> Iterator[_Segment]:
+        """The endless script: idle, then a session or a rare LOCKED/OTA episode."""
+        rng = self._rng
+        while True:
+            yield _Segment("A", rng.uniform(300, 3600), self._grid())
+            roll = rng.random()
+            if roll < 0.02:
+                yield _Segment("OTA", rng.uniform(60, 240), self._grid())
+                continue
+            if roll < 0.07:
+                yield _Segment("LOCKED", rng.uniform(300, 1800), self._grid())
+                continue
+            yield _Segment("B", rng.uniform(5, 30), self._grid(), starts_session=True)
+            if rng.random() < 0.3:
+                yield _Segment("B_AUTH", rng.uniform(10, 90), self._grid())
+            if rng.random() < 0.1:
+                yield _Segment("B_SCHEDULER", rng.uniform(300, 1800), self._grid())
+            car = rng.choice(self._config.cars)
+            for _ in range(rng.randint(2, 6)):
+                yield self._charging(car)
+                roll = rng.random()
+                if roll < 0.05:
+                    yield _Segment("E", rng.uniform(30, 300), self._grid(),
+                                   error=rng.choice(_ERROR_CAUSES))
+                    break
+                if roll < 0.2:
+                    yield _Segment("B_PAUSE", rng.uniform(120, 900), self._grid())
+            yield _Segment("B", rng.uniform(120, 1800), self._grid())
+
+    def _charging(self, car_max: int) -> _Segment:
+        rng = self._rng
+        limits = self._draw_limits()
+        draw = min(limits.offered, car_max) * rng.uniform(0.9, 1.0)
+        voltages = self._grid()
+        l1, l2, l3 = (round(draw * rng.uniform(0.98, 1.02), 3) if v else 0.0 for v in voltages)
+        return _Segment("C", rng.uniform(120, 900), voltages, (l1, l2, l3), limits)
+
+    def _draw_limits(self) -> _Limits:
+        rng = self._rng
+        cfg = self._config
+        dynamic = 32 if rng.random() < 0.6 else rng.randint(6, 32)
+        em = 32 if rng.random() < 0.5 else rng.randint(6, 32)
+        temperature = 32 if self.profile.legacy_api or rng.random() < 0.9 else rng.randint(6, 20)
+        # Reason codes of the spec: 0 hardware, 1 install, 2 user, 3 dynamic, 6 EM, 8 temperature.
+        candidates = [(32, 0), (cfg.install, 1), (cfg.user, 2), (dynamic, 3), (em, 6),
+                      (temperature, 8)]
+        offered, reason = min(candidates)
+        return _Limits(cfg.install, cfg.user, dynamic, em, temperature, offered, reason)
+
+    def _grid(self) -> tuple[float, float, float]:
+        rng = self._rng
+        volts = [round(rng.uniform(224.0, 241.0), 2) for _ in range(3)]
+        if self.profile.phases == 1:
+            return (volts[0], 0.0, 0.0)
+        return (volts[0], volts[1], volts[2])
+
+    # --- replies --------------------------------------------------------------------
+
+    def _add_methods(self) -> None:
+        m = self.methods
+        m["Charger_info.Get"] = self._charger_info
+        m["System_currents.Get"] = self._system_currents
+        m["Active_errors.Get"] = lambda: self._error_flags(self._active)
+        m["Logged_errors.Get"] = lambda: self._error_flags(self._logged)
+        m["Counters_config.Get"] = self._counters_config
+        m["Charging_schedule.Get"] = lambda: {"charging_schedule": []}
+        if self.profile.legacy_api:
+            m["EM_status.Get"] = lambda: {"em_offline ": False}
+            m["EM_current.Get"] = lambda: {"EM_current ": self._limits.em}
+            return
+        m["EM_status.Get"] = lambda: {"em_offline": False}
+        m["Dynamic_current.Get"] = lambda: {"dynamic_current ": self._limits.dynamic}
+        m["Charger_config.Get"] = self._charger_config
+        m["Board_revision.Get"] = lambda: {"board_revision": self._config.board}
+        m["Serial_number.Get"] = lambda: {"serial_number": f"{self.serial:06d}"}
+        m["Pwm_value.Get"] = lambda: {"pwm_value": self._pwm_duty()}
+        m["Adc_state.Get"] = lambda: {"adc_state": self._iec_state(), "adc_raw": self._adc_raw()}
+
+    def _iec_state(self) -> str:
+        state = self._segment.state
+        return _IEC_STATE.get(state, state)
+
+    def _offered(self) -> int:
+        return self._limits.offered if self._segment.state.startswith(("B", "C")) else 0
+
+    def _pwm_duty(self) -> float:
+        offered = self._offered()
+        # IEC 61851: duty cycle = amperes / 0.6 %; no PWM (100 %) when nothing is offered.
+        return round(offered / 60.0, 3) if offered else 1.0
+
+    def _adc_raw(self) -> int:
+        return {"A": 3900, "B": 2950, "C": 2050, "E": 0}.get(self._iec_state(), 3900)
+
+    def _charger_info(self) -> JSONDict:
+        seg = self._segment
+        c = self._counters
+        currents = list(seg.currents)
+        voltages = list(seg.voltages)
+        reply: JSONDict = {
+            "charger_state": self._iec_state(),
+            "session_energy": round(c.session_wh, 2),
+            "charging_time": int(c.session_time_s),
+            "session_id": c.session_id,
+            "instant_power": self._power,
+            "current": currents[0],
+            "currents": currents,
+            "current_limit_reason": self._limits.reason,
+            # Three-phase units really report 0 in the scalar voltage.
+            "voltage": voltages[0] if self.profile.phases == 1 else 0,
+            "voltages": voltages,
+            "temperature": round(self._temperature, 1),
+            "energy_index": round(c.session_wh, 2),
+            "total_charged_energy": round(c.total_wh / 1000.0, 3),
+            "headless": self._config.headless,
+            "led_max_brightness": self._config.brightness,
+            "install_current": self._limits.install,
+            "dynamic_current": self._limits.dynamic,
+            "em_current": self._limits.em,
+            "fw_version": self.profile.fw_version,
+            "extended_charger_state": seg.state,
+            "has_active_errors": bool(self._active),
+            "charger_is_paused": seg.state == "B_PAUSE",
+            "heap_free": 26000 + int(self._t * 7919) % 6000,
+            "pwm_current": self._offered(),
+        }
+        if not self.profile.legacy_api:
+            reply["relay_mode"] = 0
+        for key in self.profile.omitted_keys:
+            reply.pop(key, None)
+        return reply
+
+    def _system_currents(self) -> JSONDict:
+        lim = self._limits
+        values = {
+            "cable_current": 32, "install_current": lim.install, "dynamic_current": lim.dynamic,
+            "user_current": lim.user, "charging_current": self._offered(),
+            "system_max_current": 32, "schedule_current": 32, "ocpp_current": 32,
+            "em_current": lim.em,
+        }
+        if self.profile.legacy_api:
+            return {_LEGACY_SYSTEM_CURRENT_KEYS[k]: v for k, v in values.items()}
+        values["temperature_current"] = lim.temperature
+        values["user_power_current"] = min(32, self._config.user_power // 230
+                                           // self.profile.phases)
+        return values
+
+    def _error_flags(self, flags: set[str]) -> JSONDict:
+        if not self.profile.legacy_api:
+            return {name: name in flags for name in ERROR_FLAGS}
+        reply = {name: name in flags for name in ERROR_FLAGS[:-1]}
+        reply["state_machine_e_activated"] = reply.pop("state_e_activated")
+        return reply
+
+    def _counters_config(self) -> JSONDict:
+        c = self._counters
+        reply: JSONDict = {
+            "total_charged_time": int(c.total_time_s // 60),
+            "total_charged_sessions": c.sessions,
+            "total_charged_energy": round(c.total_wh / 1000.0, 3),
+            "last_session_energy": c.last_session_wh,
+        }
+        if self.profile.legacy_api:
+            reply["total_charged_energy"] = int(c.total_wh // 1000)
+            reply["reset_counter"] = c.reset_counter
+        return reply
+
+    def _app_config(self) -> JSONDict:
+        cfg = self._config
+        reply: JSONDict = {
+            "headless": cfg.headless, "install_current": cfg.install,
+            "led_max_brightness": cfg.brightness, "led_dimming_delay": 0,
+            "charger_locked": self._segment.state == "LOCKED", "auto_update": True,
+            "led_template_enabled": False, "led_template": "", "charger_alias": self.alias,
+            "latitude": 0.0, "longitude": 0.0, "ocpp_server_link": "",
+            "connected_phase": self.profile.phases, "owner_id": "", "user_current": cfg.user,
+            "gmt_offset": 0, "precise_pwm_mode": False, "energy_management_enabled": False,
+            "charging_schedule_enabled": False, "em_id": "", "timezone": "Europe/Bucharest",
+        }
+        if self.profile.legacy_api:
+            del reply["auto_update"]
+        else:
+            reply["user_power"] = cfg.user_power
+        return reply
+
+    def _charger_config(self) -> JSONDict:
+        cfg = self._config
+        return {"overtemp_threshold": cfg.overtemp, "critical_temp_threshold": cfg.critical,
+                "voltage_gain": 1.0, "current_gain": 1.0, "calibration_temperature": 25.0,
+                "rcd_enabled": True, "serial_number": self.serial,
+                "board_revision": cfg.board, "temp_offset": 0.0}
+
+
+class Meter(Device):
+    """An energy meter whose per-phase load changes every ten simulated seconds."""
+
+    _BUCKET = 10.0
+
+    def __init__(self, name: str, profile: Profile, *, seed: int, serial: int, alias: str,
+                 ssid: str, clock: Clock) -> None:
+        super().__init__(name, profile, seed=seed, serial=serial, alias=alias, ssid=ssid,
+                         clock=clock)
+        rng = self._rng
+        self._breaker = rng.choice((25, 32, 40, 63))
+        self._mode = rng.randrange(5)
+        self._base = [rng.uniform(0.5, 15.0) for _ in range(3)]
+        self._pv_phase = rng.randrange(3) if profile.phases == 3 and rng.random() < 0.5 else None
+        self._bucket = -1
+        self._values: JSONDict = {}
+        self._advance(self._offset)
+        self.methods["Meter_info.Get"] = self._meter_info
+
+    def _advance(self, t: float) -> bool:
+        bucket = int(t // self._BUCKET)
+        if bucket == self._bucket:
+            return False
+        self._bucket = bucket
+        rng = random.Random(self._key ^ bucket)
+        current, voltage, power, factor = [], [], [], []
+        for phase in range(3):
+            if phase >= self.profile.phases:
+                current.append(0.0)
+                voltage.append(0.0)
+                power.append(0.0)
+                factor.append(0.0)
+                continue
+            amps = self._base[phase] * rng.uniform(0.6, 1.4)
+            volts = rng.uniform(226.0, 242.0)
+            pf = rng.uniform(0.85, 0.99)
+            sign = -1.0 if phase == self._pv_phase and rng.random() < 0.4 else 1.0
+            current.append(round(amps, 3))
+            voltage.append(round(volts, 3))
+            power.append(round(sign * amps * volts * pf, 2))
+            factor.append(round(pf, 3))
+        self._values = {"current": current, "voltage": voltage, "active_p": power,
+                        "power_factor": factor}
+        return True
+
+    def _meter_info(self) -> JSONDict:
+        v = self._values
+        return {"current": v["current"], "voltage": v["voltage"], "active_p": v["active_p"],
+                "fw_version": self.profile.fw_version, "breaker_rating": self._breaker,
+                "power_factor": v["power_factor"], "load_balancing_mode": self._mode}
+
+    def _app_config(self) -> JSONDict:
+        return {"breaker_rating": self._breaker, "load_balancing_mode": self._mode,
+                "lb_meter_type": "Onboard", "lb_pv_minimum_current": 6, "reverse_current": True,
+                "energy_management_enabled": False, "lb_hybrid_current": 6,
+                "lb_meter_offline_current": 6, "car_minimum_current": 6, "auto_update": True,
+                "chargers_list": "", "owner_id": ""}
+
+
+def make_device(name: str, profile: str, *, seed: int = 0, serial: int | None = None,
+                alias: str | None = None, ssid: str = "HomeNet", clock: Clock | None = None,
+                frozen: bool = False) -> Device:
+    """Build a device of a named profile; ValueError for an unknown profile.
+
+    ``frozen`` pins the device at a deterministic snapshot (chargers mid-charge); without an
+    explicit ``clock`` it also gets a frozen one.
+    """
+    try:
+        prof = PROFILES[profile]
+    except KeyError:
+        raise ValueError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}") from None
+    serial = default_serial(seed, name) if serial is None else serial
+    alias = name if alias is None else alias
+    clock = clock or SimClock(frozen=frozen)
+    if prof.kind == "meter":
+        return Meter(name, prof, seed=seed, serial=serial, alias=alias, ssid=ssid, clock=clock)
+    return Charger(name, prof, seed=seed, serial=serial, alias=alias, ssid=ssid, clock=clock,
+                   charging_snapshot=frozen)
