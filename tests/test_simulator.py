@@ -32,16 +32,47 @@ from exporter.simulator.server import ControlServer
 REPO = Path(__file__).resolve().parent.parent
 CHARGER_PROFILES = ("1p7k-old", "1p7k", "1p7k-partial", "3p22k")
 FW_147_KEYS = {  # captures/1p7k-charger_info.get-fw1.47.json
-    "charger_state", "session_energy", "charging_time", "session_id", "instant_power", "current",
-    "currents", "current_limit_reason", "voltage", "voltages", "temperature", "energy_index",
-    "total_charged_energy", "headless", "led_max_brightness", "install_current",
-    "dynamic_current", "em_current", "fw_version", "extended_charger_state", "has_active_errors",
-    "charger_is_paused", "heap_free", "pwm_current",
+    "charger_state",
+    "session_energy",
+    "charging_time",
+    "session_id",
+    "instant_power",
+    "current",
+    "currents",
+    "current_limit_reason",
+    "voltage",
+    "voltages",
+    "temperature",
+    "energy_index",
+    "total_charged_energy",
+    "headless",
+    "led_max_brightness",
+    "install_current",
+    "dynamic_current",
+    "em_current",
+    "fw_version",
+    "extended_charger_state",
+    "has_active_errors",
+    "charger_is_paused",
+    "heap_free",
+    "pwm_current",
 }
 FW_151_KEYS = {  # captures/1p7k-charger_info.get-fw1.51-partial.json
-    "charger_state", "extended_charger_state", "session_energy", "instant_power", "currents",
-    "voltages", "total_charged_energy", "dynamic_current", "relay_mode", "has_active_errors",
-    "charger_is_paused", "current_limit_reason", "temperature", "fw_version", "headless",
+    "charger_state",
+    "extended_charger_state",
+    "session_energy",
+    "instant_power",
+    "currents",
+    "voltages",
+    "total_charged_energy",
+    "dynamic_current",
+    "relay_mode",
+    "has_active_errors",
+    "charger_is_paused",
+    "current_limit_reason",
+    "temperature",
+    "fw_version",
+    "headless",
     "install_current",
 }
 
@@ -73,8 +104,9 @@ async def get(session: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
         return response.status, json.loads(await response.read())
 
 
-def history(profile: str, seed: int, days: float, step: float) -> list[tuple[dict[str, Any],
-                                                                            dict[str, Any]]]:
+def history(
+    profile: str, seed: int, days: float, step: float
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """(Charger_info, Counters_config) polled every ``step`` simulated seconds."""
     clock = ManualClock()
     device = make_device("c", profile, seed=seed, clock=clock)
@@ -108,8 +140,10 @@ def test_counters_never_decrease_and_energy_follows_power(profile: str) -> None:
         # Energy only accrues while charging, never faster than the hardware can deliver.
         assert gained_wh <= max_watts * (charged_s + 1) / 3600 + 0.02
         assert info1["session_energy"] <= max_watts * (info1["charging_time"] + 1) / 3600
-        if info0["extended_charger_state"] == info1["extended_charger_state"] == "C" and \
-                info0["instant_power"] == info1["instant_power"]:
+        if (
+            info0["extended_charger_state"] == info1["extended_charger_state"] == "C"
+            and info0["instant_power"] == info1["instant_power"]
+        ):
             assert gained_wh == pytest.approx(info1["instant_power"] * step / 3600, abs=0.02)
             kwh = info1["total_charged_energy"] - info0["total_charged_energy"]
             assert kwh * 1000 == pytest.approx(gained_wh, abs=1.5)
@@ -162,16 +196,18 @@ def test_session_end_records_last_session_energy() -> None:
     polls = history("1p7k", seed=7, days=3, step=30)
     ended = 0
     for (info0, _), (info1, count1) in itertools.pairwise(polls):
-        if info1["charger_state"] == "A" and info0["charger_state"] != "A" and \
-                info0["session_energy"] > 0:
+        if (
+            info1["charger_state"] == "A"
+            and info0["charger_state"] != "A"
+            and info0["session_energy"] > 0
+        ):
             ended += 1
             assert abs(count1["last_session_energy"] - info1["session_energy"]) <= 1
     assert ended >= 2
 
 
 @bounded(10)
-async def test_accelerated_clock_moves_devices_on_the_wire(
-        session: aiohttp.ClientSession) -> None:
+async def test_accelerated_clock_moves_devices_on_the_wire(session: aiohttp.ClientSession) -> None:
     async with SimulatedFleet([DeviceSpec("c1", "1p7k", seed=4)], speed=20000.0) as fleet:
         readings = []
         for _ in range(8):
@@ -234,23 +270,33 @@ async def test_v2_charger_api(zoo: SimulatedFleet, session: aiohttp.ClientSessio
     assert isinstance(counters["total_charged_energy"], float)
     assert "reset_counter" not in counters
     assert app["user_power"] == 7360
-    assert set(config) == {"overtemp_threshold", "critical_temp_threshold", "voltage_gain",
-                           "current_gain", "calibration_temperature", "rcd_enabled",
-                           "serial_number", "board_revision", "temp_offset"}
+    assert set(config) == {
+        "overtemp_threshold",
+        "critical_temp_threshold",
+        "voltage_gain",
+        "current_gain",
+        "calibration_temperature",
+        "rcd_enabled",
+        "serial_number",
+        "board_revision",
+        "temp_offset",
+    }
     assert board["board_revision"] == config["board_revision"]
     assert ident["device_id"] == f"1p7k_{config['serial_number']:06d}"
 
 
 @bounded()
 async def test_partial_firmware_omits_keys_like_fw151(
-        zoo: SimulatedFleet, session: aiohttp.ClientSession) -> None:
+    zoo: SimulatedFleet, session: aiohttp.ClientSession
+) -> None:
     _, info = await get(session, zoo.url("1p7k-partial") + "/rpc/Charger_info.Get")
     assert set(info) == FW_151_KEYS
 
 
 @bounded()
 async def test_three_phase_charger_reports_voltage_zero(
-        zoo: SimulatedFleet, session: aiohttp.ClientSession) -> None:
+    zoo: SimulatedFleet, session: aiohttp.ClientSession
+) -> None:
     _, info = await get(session, zoo.url("3p22k") + "/rpc/Charger_info.Get")
     _, ident = await get(session, zoo.url("3p22k") + "/rpc/Device_info.Get")
     assert info["charger_state"] == "C"  # frozen chargers are always charging
@@ -327,16 +373,20 @@ async def test_frozen_fleets_answer_byte_identically(session: aiohttp.ClientSess
 
 @pytest.fixture
 async def fleet() -> AsyncIterator[SimulatedFleet]:
-    async with SimulatedFleet([DeviceSpec("c1", "1p7k", seed=1),
-                               DeviceSpec("c2", "1p7k", seed=2)], frozen=True) as started:
+    async with SimulatedFleet(
+        [DeviceSpec("c1", "1p7k", seed=1), DeviceSpec("c2", "1p7k", seed=2)], frozen=True
+    ) as started:
         yield started
 
 
-async def fetch(fleet: SimulatedFleet, name: str = "c1", timeout: float = 1.0,
-                method: str = "Charger_info.Get") -> tuple[int, str, bytes]:
+async def fetch(
+    fleet: SimulatedFleet, name: str = "c1", timeout: float = 1.0, method: str = "Charger_info.Get"
+) -> tuple[int, str, bytes]:
     # A fresh session per call: a fault must not hide behind a pooled connection.
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as client, \
-            client.get(f"{fleet.url(name)}/rpc/{method}") as response:
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as client,
+        client.get(f"{fleet.url(name)}/rpc/{method}") as response,
+    ):
         return response.status, response.content_type, await response.read()
 
 
@@ -350,14 +400,18 @@ async def test_hang_times_the_client_out_and_leaves_others_alone(fleet: Simulate
     assert (await fetch(fleet, "c2"))[0] == 200
 
 
-@pytest.mark.parametrize(("mode", "error"), [
-    ("reset", aiohttp.ClientOSError),
-    ("truncated", aiohttp.ClientPayloadError),
-    ("refuse", aiohttp.ClientConnectorError),
-])
+@pytest.mark.parametrize(
+    ("mode", "error"),
+    [
+        ("reset", aiohttp.ClientOSError),
+        ("truncated", aiohttp.ClientPayloadError),
+        ("refuse", aiohttp.ClientConnectorError),
+    ],
+)
 @bounded()
 async def test_connection_faults_raise_client_errors(
-        fleet: SimulatedFleet, mode: str, error: type[Exception]) -> None:
+    fleet: SimulatedFleet, mode: str, error: type[Exception]
+) -> None:
     fleet.set_fault("c1", mode)
     with pytest.raises(error):
         await fetch(fleet)
@@ -422,11 +476,14 @@ def test_bad_fault_names_are_rejected() -> None:
         fleet.set_fault("nobody", "hang")
 
 
-@pytest.mark.parametrize(("spelling", "canonical", "lower"), [
-    ("both", 200, 200), ("canonical", 200, 404), ("lower", 404, 200)])
+@pytest.mark.parametrize(
+    ("spelling", "canonical", "lower"),
+    [("both", 200, 200), ("canonical", 200, 404), ("lower", 404, 200)],
+)
 @bounded()
-async def test_spelling_modes(fleet: SimulatedFleet, spelling: str, canonical: int,
-                              lower: int) -> None:
+async def test_spelling_modes(
+    fleet: SimulatedFleet, spelling: str, canonical: int, lower: int
+) -> None:
     fleet.set_spelling("c1", spelling)
     assert (await fetch(fleet, method="Charger_info.Get"))[0] == canonical
     assert (await fetch(fleet, method="charger_info.get"))[0] == lower
@@ -436,11 +493,13 @@ async def test_spelling_modes(fleet: SimulatedFleet, spelling: str, canonical: i
 
 @bounded()
 async def test_non_read_methods_are_recorded_and_refused(
-        fleet: SimulatedFleet, session: aiohttp.ClientSession) -> None:
+    fleet: SimulatedFleet, session: aiohttp.ClientSession
+) -> None:
     before = fleet.device("c1").reply("App_config.Get")
     url = fleet.url("c1") + "/rpc/"
-    async with session.post(url + "App_config.Set",
-                            json={"config_key": "charger_locked", "config_value": True}) as r:
+    async with session.post(
+        url + "App_config.Set", json={"config_key": "charger_locked", "config_value": True}
+    ) as r:
         set_status, set_frame = r.status, await r.json()
     _, start_frame = await get(session, url + "Charge.Start")
     _, reset_frame = await get(session, url + "device.reset")
@@ -450,14 +509,18 @@ async def test_non_read_methods_are_recorded_and_refused(
         assert frame["error"] == {"code": -7, "message": "Prohibited action error."}
     assert fleet.device("c1").reply("App_config.Get") == before
     calls = [(c.device, c.http_method, c.rpc_method) for c in fleet.calls]
-    assert calls == [("c1", "POST", "App_config.Set"), ("c1", "GET", "Charge.Start"),
-                     ("c1", "GET", "device.reset")]
+    assert calls == [
+        ("c1", "POST", "App_config.Set"),
+        ("c1", "GET", "Charge.Start"),
+        ("c1", "GET", "device.reset"),
+    ]
     fleet.calls.clear()  # conftest fails any test whose fleet saw writes; these were ours
 
 
 @bounded()
-async def test_alias_markup_travels_as_plain_json(fleet: SimulatedFleet,
-                                                  session: aiohttp.ClientSession) -> None:
+async def test_alias_markup_travels_as_plain_json(
+    fleet: SimulatedFleet, session: aiohttp.ClientSession
+) -> None:
     fleet.set_alias("c1", '<script>alert("x")</script>')
     _, info = await get(session, fleet.url("c1") + "/rpc/Device_info.Get")
     assert info["charger_alias"] == '<script>alert("x")</script>'
@@ -465,11 +528,13 @@ async def test_alias_markup_travels_as_plain_json(fleet: SimulatedFleet,
 
 @bounded()
 async def test_many_devices_share_a_port_on_their_own_loopback_addresses(
-        session: aiohttp.ClientSession) -> None:
+    session: aiohttp.ClientSession,
+) -> None:
     base = random.Random().randrange(2, 250)
     port = random.Random().randrange(20000, 60000)
-    specs = [DeviceSpec(f"d{i}", "em", address=f"127.2.{base}.{i + 1}", port=port)
-             for i in range(30)]
+    specs = [
+        DeviceSpec(f"d{i}", "em", address=f"127.2.{base}.{i + 1}", port=port) for i in range(30)
+    ]
     async with SimulatedFleet(specs) as fleet:
         ids = set()
         for name in fleet.names:
@@ -488,7 +553,9 @@ async def test_call_log_file(tmp_path: Path, session: aiohttp.ClientSession) -> 
         assert sum(fleet.call_counts().values()) == 2
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert [(x["device"], x["http_method"], x["rpc_method"]) for x in lines] == [
-        ("c1", "GET", "Wifi_status.Get"), ("c1", "GET", "Charge.Stop")]
+        ("c1", "GET", "Wifi_status.Get"),
+        ("c1", "GET", "Charge.Stop"),
+    ]
 
 
 # --- control API ----------------------------------------------------------------------------
@@ -533,16 +600,28 @@ def plan(*argv: str) -> list[DeviceSpec]:
 
 
 def test_cli_plans_addresses_profiles_and_faults() -> None:
-    specs = plan("--devices", "20", "--mix", "1p7k,em", "--fault-share", "hang=0.1",
-                 "--fault", "sim-0001=slow:3", "--address-base", "127.1.0.250")
+    specs = plan(
+        "--devices",
+        "20",
+        "--mix",
+        "1p7k,em",
+        "--fault-share",
+        "hang=0.1",
+        "--fault",
+        "sim-0001=slow:3",
+        "--address-base",
+        "127.1.0.250",
+    )
     assert [s.profile for s in specs[:3]] == ["1p7k", "em", "1p7k"]
-    assert (specs[0].address, specs[7].address, specs[0].port) == ("127.1.0.250", "127.1.1.1",
-                                                                   8080)
+    assert (specs[0].address, specs[7].address, specs[0].port) == ("127.1.0.250", "127.1.1.1", 8080)
     assert specs[0].fault == "slow:3"
     assert sum(s.fault == "hang" for s in specs) in (2, 1)  # sim-0001 may have been overridden
     by_port = plan("--devices", "3", "--port-base", "9000")
-    assert [(s.address, s.port) for s in by_port] == [("127.0.0.1", 9000), ("127.0.0.1", 9001),
-                                                      ("127.0.0.1", 9002)]
+    assert [(s.address, s.port) for s in by_port] == [
+        ("127.0.0.1", 9000),
+        ("127.0.0.1", 9001),
+        ("127.0.0.1", 9002),
+    ]
     with pytest.raises(ValueError, match=r"127\.0\.0\.0/8"):
         plan("--address-base", "10.0.0.1")
     with pytest.raises(ValueError, match="more than 1"):
@@ -552,8 +631,12 @@ def test_cli_plans_addresses_profiles_and_faults() -> None:
 def test_cli_refuses_non_loopback_address() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "exporter.simulator.cli", "--address-base", "192.168.1.5"],
-        cwd=REPO, capture_output=True, text=True, timeout=20,
-        env={**os.environ, "PYTHONPATH": str(REPO)})
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert result.returncode == 2
     assert "127.0.0.0/8" in result.stderr
 
@@ -564,11 +647,31 @@ def test_cli_serves_twenty_devices_from_two_processes(tmp_path: Path) -> None:
     port, control_port = rng.randrange(20000, 40000), rng.randrange(40000, 60000)
     targets = tmp_path / "targets.yaml"
     process = subprocess.Popen(
-        [sys.executable, "-m", "exporter.simulator.cli", "--devices", "20", "--processes", "2",
-         "--address-base", base, "--port", str(port), "--targets-file", str(targets),
-         "--control", f"127.0.0.1:{control_port}", "--fault", "sim-0002=http500"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)})
+        [
+            sys.executable,
+            "-m",
+            "exporter.simulator.cli",
+            "--devices",
+            "20",
+            "--processes",
+            "2",
+            "--address-base",
+            base,
+            "--port",
+            str(port),
+            "--targets-file",
+            str(targets),
+            "--control",
+            f"127.0.0.1:{control_port}",
+            "--fault",
+            "sim-0002=http500",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     try:
         assert process.stdout is not None
         ready = process.stdout.readline()  # printed once every device listens
@@ -582,8 +685,7 @@ def test_cli_serves_twenty_devices_from_two_processes(tmp_path: Path) -> None:
             process.kill()
             process.wait()
     assert len(devices) == 20 and len({d["host"] for d in devices}) == 20
-    assert all(d["host"].startswith("127.1.") and d["host"].endswith(f":{port}")
-               for d in devices)
+    assert all(d["host"].startswith("127.1.") and d["host"].endswith(f":{port}") for d in devices)
     prefixes = {"1p7k": "1p7k_", "3p22k": "3p22k_", "em": "m2w_81", "3em": "m2w_83"}
     statuses, ids, calls = results
     assert statuses["sim-0002"] == 500
@@ -593,8 +695,9 @@ def test_cli_serves_twenty_devices_from_two_processes(tmp_path: Path) -> None:
     assert calls["total"] == 20 and len(calls["by_device"]) == 20
 
 
-async def _poll_cli_fleet(devices: list[dict[str, Any]], control_port: int) -> tuple[
-        dict[str, int], dict[str, str], dict[str, Any]]:
+async def _poll_cli_fleet(
+    devices: list[dict[str, Any]], control_port: int
+) -> tuple[dict[str, int], dict[str, str], dict[str, Any]]:
     statuses, ids = {}, {}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
         for device in devices:

@@ -48,36 +48,79 @@ _WORKER_START_TIMEOUT = 120.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--devices", type=int, default=4, metavar="N",
-                        help="number of simulated devices (default 4)")
-    parser.add_argument("--mix", default="1p7k,3p22k,em,3em",
-                        help=f"profiles dealt in turn; known: {', '.join(PROFILES)}")
-    parser.add_argument("--address-base", metavar="ADDR",
-                        help="first loopback address, one address per device "
-                             "(default 127.1.0.1)")
-    parser.add_argument("--port", type=int, default=8080,
-                        help="port every device listens on with one address each (default 8080)")
-    parser.add_argument("--port-base", type=int, metavar="PORT",
-                        help="one port per device instead, from PORT, on a single address")
-    parser.add_argument("--processes", type=int, default=1, metavar="P",
-                        help="worker processes to spread the devices over (default 1)")
-    parser.add_argument("--fault", action="append", default=[], metavar="NAME=MODE",
-                        help="fault of one device, e.g. sim-0003=slow:5 (repeatable)")
-    parser.add_argument("--fault-share", action="append", default=[], metavar="MODE=FRACTION",
-                        help="fault for a seeded random share of devices, e.g. hang=0.1")
-    parser.add_argument("--spelling", choices=SPELLINGS, default="both",
-                        help="method spellings every device accepts (default both)")
+    parser.add_argument(
+        "--devices",
+        type=int,
+        default=4,
+        metavar="N",
+        help="number of simulated devices (default 4)",
+    )
+    parser.add_argument(
+        "--mix",
+        default="1p7k,3p22k,em,3em",
+        help=f"profiles dealt in turn; known: {', '.join(PROFILES)}",
+    )
+    parser.add_argument(
+        "--address-base",
+        metavar="ADDR",
+        help="first loopback address, one address per device (default 127.1.0.1)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=8080,
+        help="port every device listens on with one address each (default 8080)",
+    )
+    parser.add_argument(
+        "--port-base",
+        type=int,
+        metavar="PORT",
+        help="one port per device instead, from PORT, on a single address",
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="P",
+        help="worker processes to spread the devices over (default 1)",
+    )
+    parser.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="NAME=MODE",
+        help="fault of one device, e.g. sim-0003=slow:5 (repeatable)",
+    )
+    parser.add_argument(
+        "--fault-share",
+        action="append",
+        default=[],
+        metavar="MODE=FRACTION",
+        help="fault for a seeded random share of devices, e.g. hang=0.1",
+    )
+    parser.add_argument(
+        "--spelling",
+        choices=SPELLINGS,
+        default="both",
+        help="method spellings every device accepts (default both)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--speed", type=float, default=1.0,
-                        help="simulated seconds per real second (default 1)")
-    parser.add_argument("--frozen", action="store_true",
-                        help="pin every device at a deterministic snapshot")
+    parser.add_argument(
+        "--speed", type=float, default=1.0, help="simulated seconds per real second (default 1)"
+    )
+    parser.add_argument(
+        "--frozen", action="store_true", help="pin every device at a deterministic snapshot"
+    )
     parser.add_argument("--name-prefix", default="sim-", help="device name prefix")
-    parser.add_argument("--targets-file", metavar="PATH",
-                        help="write the devices as exporter targets (YAML) once listening")
+    parser.add_argument(
+        "--targets-file",
+        metavar="PATH",
+        help="write the devices as exporter targets (YAML) once listening",
+    )
     parser.add_argument("--control", metavar="HOST:PORT", help="serve the control API here")
-    parser.add_argument("--call-log", metavar="PATH",
-                        help="append one JSON line per request received")
+    parser.add_argument(
+        "--call-log", metavar="PATH", help="append one JSON line per request received"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -123,9 +166,17 @@ def plan_fleet(args: argparse.Namespace) -> list[DeviceSpec]:
             port = args.port
         if not 0 <= port <= 65535:
             raise ValueError(f"port {port} of {name} is out of range")
-        specs.append(DeviceSpec(name, mix[i % len(mix)], fault=faults.get(name, "none"),
-                                seed=args.seed, spelling=args.spelling, address=address,
-                                port=port))
+        specs.append(
+            DeviceSpec(
+                name,
+                mix[i % len(mix)],
+                fault=faults.get(name, "none"),
+                seed=args.seed,
+                spelling=args.spelling,
+                address=address,
+                port=port,
+            )
+        )
     return specs
 
 
@@ -146,7 +197,7 @@ def _plan_faults(args: argparse.Namespace, names: list[str]) -> dict[str, str]:
         count = round(share * len(names))
         if taken + count > len(names):
             raise ValueError("--fault-share fractions add up to more than 1")
-        plan.update((name, mode) for name in order[taken:taken + count])
+        plan.update((name, mode) for name in order[taken : taken + count])
         taken += count
     known = set(names)
     for item in args.fault:
@@ -168,8 +219,9 @@ def _control_address(text: str) -> tuple[str, int]:
 
 def write_targets(path: str, devices: list[JSONDict]) -> None:
     """Write devices (``describe`` dicts) as a YAML list the exporter config can include."""
-    targets = [{"name": d["name"], "host": d["host"], "labels": {"profile": d["profile"]}}
-               for d in devices]
+    targets = [
+        {"name": d["name"], "host": d["host"], "labels": {"profile": d["profile"]}} for d in devices
+    ]
     with open(path, "w") as out:
         yaml.safe_dump({"devices": targets}, out, sort_keys=False)
 
@@ -181,8 +233,9 @@ class _FleetOptions:
     call_log: str | None
 
 
-async def _serve(args: argparse.Namespace, specs: list[DeviceSpec],
-                 control_address: tuple[str, int] | None) -> int:
+async def _serve(
+    args: argparse.Namespace, specs: list[DeviceSpec], control_address: tuple[str, int] | None
+) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -210,8 +263,11 @@ async def _serve(args: argparse.Namespace, specs: list[DeviceSpec],
             devices = [d for shard in shards for d in await shard.command({"op": "devices"})]
             write_targets(args.targets_file, sorted(devices, key=lambda d: str(d["name"])))
         mix = ", ".join(f"{n} {p}" for p, n in Counter(s.profile for s in specs).items())
-        print(f"simulating {len(specs)} devices ({mix}) in {processes} process(es)"
-              + (f"; control API {control.url}" if control else ""), flush=True)
+        print(
+            f"simulating {len(specs)} devices ({mix}) in {processes} process(es)"
+            + (f"; control API {control.url}" if control else ""),
+            flush=True,
+        )
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
@@ -228,8 +284,13 @@ async def _serve(args: argparse.Namespace, specs: list[DeviceSpec],
 
 def _make_fleet(specs: list[DeviceSpec], options: _FleetOptions) -> SimulatedFleet:
     # Call records are only counted: a long run at hundreds of requests/s must not grow memory.
-    return SimulatedFleet(specs, speed=options.speed, frozen=options.frozen, keep_calls=False,
-                          call_log=options.call_log)
+    return SimulatedFleet(
+        specs,
+        speed=options.speed,
+        frozen=options.frozen,
+        keep_calls=False,
+        call_log=options.call_log,
+    )
 
 
 def _raise_fd_limit(devices: int) -> None:
@@ -240,8 +301,10 @@ def _raise_fd_limit(devices: int) -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
             soft = wanted
     if devices + 256 > soft:
-        raise RuntimeError(f"{devices} devices per process need more than the {soft} open "
-                           "files allowed; use more --processes or raise ulimit -n")
+        raise RuntimeError(
+            f"{devices} devices per process need more than the {soft} open "
+            "files allowed; use more --processes or raise ulimit -n"
+        )
 
 
 class _Worker:
@@ -252,7 +315,8 @@ class _Worker:
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
         self._process: BaseProcess = context.Process(
-            target=_worker_main, args=(specs, options, child), daemon=True)
+            target=_worker_main, args=(specs, options, child), daemon=True
+        )
         self._process.start()
         child.close()
         self._lock = asyncio.Lock()

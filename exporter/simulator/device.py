@@ -85,35 +85,74 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     p.name: p
     for p in (
-        Profile("1p7k-old", "charger", True, 1, "1.47", "20230109-124642/v1.22-36-g56a3edd",
-                "1p7k_"),
+        Profile(
+            "1p7k-old", "charger", True, 1, "1.47", "20230109-124642/v1.22-36-g56a3edd", "1p7k_"
+        ),
         Profile("1p7k", "charger", False, 1, "1.60", "20250225-101530/v1.60-4-g8c21f0b", "1p7k_"),
-        Profile("1p7k-partial", "charger", False, 1, "1.51", "20240611-093012/v1.51-2-g3e9d7a1",
-                "1p7k_",
-                # Exactly the keys the fw 1.51 capture lacks.
-                frozenset({"charging_time", "session_id", "heap_free", "pwm_current",
-                           "em_current", "led_max_brightness", "current", "voltage",
-                           "energy_index"})),
-        Profile("3p22k", "charger", False, 3, "1.60", "20250225-101530/v1.60-4-g8c21f0b",
-                "3p22k_"),
+        Profile(
+            "1p7k-partial",
+            "charger",
+            False,
+            1,
+            "1.51",
+            "20240611-093012/v1.51-2-g3e9d7a1",
+            "1p7k_",
+            # Exactly the keys the fw 1.51 capture lacks.
+            frozenset(
+                {
+                    "charging_time",
+                    "session_id",
+                    "heap_free",
+                    "pwm_current",
+                    "em_current",
+                    "led_max_brightness",
+                    "current",
+                    "voltage",
+                    "energy_index",
+                }
+            ),
+        ),
+        Profile("3p22k", "charger", False, 3, "1.60", "20250225-101530/v1.60-4-g8c21f0b", "3p22k_"),
         Profile("em", "meter", False, 1, "1.15", "20240305-141210/v1.15-0-g7a0c2e4", "m2w_81"),
         Profile("3em", "meter", False, 3, "1.15", "20240305-141210/v1.15-0-g7a0c2e4", "m2w_83"),
     )
 }
 
 ERROR_FLAGS = (
-    "state_e_activated", "overtemp", "critical_temp", "overcurrent", "meter_fault",
-    "voltage_error", "rcd_error", "rcd_test_error", "rcd_err_pin_error", "rcd_err6_pin_error",
-    "rcd_init_start_error", "rcd_init_end_error", "state_f_activated", "contactor_failure",
-    "cp_diode_failure", "undervoltage_error", "overvoltage_error", "state_machine_na_error",
+    "state_e_activated",
+    "overtemp",
+    "critical_temp",
+    "overcurrent",
+    "meter_fault",
+    "voltage_error",
+    "rcd_error",
+    "rcd_test_error",
+    "rcd_err_pin_error",
+    "rcd_err6_pin_error",
+    "rcd_init_start_error",
+    "rcd_init_end_error",
+    "state_f_activated",
+    "contactor_failure",
+    "cp_diode_failure",
+    "undervoltage_error",
+    "overvoltage_error",
+    "state_machine_na_error",
 )
 _ERROR_CAUSES = ("overtemp", "rcd_error", "overcurrent", "voltage_error", "cp_diode_failure")
 _LEGACY_SYSTEM_CURRENT_KEYS = {
     # The prerelease firmware really sends these with a trailing space, except user_current.
     name: name if name == "user_current" else name + " "
-    for name in ("cable_current", "install_current", "dynamic_current", "user_current",
-                 "charging_current", "system_max_current", "schedule_current", "ocpp_current",
-                 "em_current")
+    for name in (
+        "cable_current",
+        "install_current",
+        "dynamic_current",
+        "user_current",
+        "charging_current",
+        "system_max_current",
+        "schedule_current",
+        "ocpp_current",
+        "em_current",
+    )
 }
 _IEC_STATE = {"B_AUTH": "B", "B_PAUSE": "B", "B_SCHEDULER": "B", "OTA": "A", "LOCKED": "A"}
 _ZERO3 = (0.0, 0.0, 0.0)
@@ -136,8 +175,17 @@ def encode(obj: JSONDict) -> bytes:
 class Device(ABC):
     """Common identity, network and caching; subclasses provide the live values."""
 
-    def __init__(self, name: str, profile: Profile, *, seed: int, serial: int, alias: str,
-                 ssid: str, clock: Clock) -> None:
+    def __init__(
+        self,
+        name: str,
+        profile: Profile,
+        *,
+        seed: int,
+        serial: int,
+        alias: str,
+        ssid: str,
+        clock: Clock,
+    ) -> None:
         self.name = name
         self.profile = profile
         self.serial = serial
@@ -203,14 +251,22 @@ class Device(ABC):
     def _app_config(self) -> JSONDict: ...
 
     def _device_info(self) -> JSONDict:
-        return {"device_id": self.device_id, "connected_phase": self.profile.phases,
-                "fw_version": self.profile.fw_version, "charger_alias": self.alias}
+        return {
+            "device_id": self.device_id,
+            "connected_phase": self.profile.phases,
+            "fw_version": self.profile.fw_version,
+            "charger_alias": self.alias,
+        }
 
     def _wifi_status(self) -> JSONDict:
         s = self.serial
-        return {"connected": True, "sta_ip": f"192.168.{1 + s % 3}.{2 + s % 250}",
-                "sta_name": self.ssid, "rssi": self._rssi,
-                "bssid": f"a4:2b:b0:{s % 256:02x}:{s // 256 % 256:02x}:{s // 65536 % 256:02x}"}
+        return {
+            "connected": True,
+            "sta_ip": f"192.168.{1 + s % 3}.{2 + s % 250}",
+            "sta_name": self.ssid,
+            "rssi": self._rssi,
+            "bssid": f"a4:2b:b0:{s % 256:02x}:{s // 256 % 256:02x}:{s // 65536 % 256:02x}",
+        }
 
 
 def _garble(value: Any, rng: random.Random) -> Any:
@@ -287,23 +343,41 @@ class Charger(Device):
 
     _TAU = 900.0  # thermal time constant of the enclosure, seconds
 
-    def __init__(self, name: str, profile: Profile, *, seed: int, serial: int, alias: str,
-                 ssid: str, clock: Clock, charging_snapshot: bool = False) -> None:
-        super().__init__(name, profile, seed=seed, serial=serial, alias=alias, ssid=ssid,
-                         clock=clock)
+    def __init__(
+        self,
+        name: str,
+        profile: Profile,
+        *,
+        seed: int,
+        serial: int,
+        alias: str,
+        ssid: str,
+        clock: Clock,
+        charging_snapshot: bool = False,
+    ) -> None:
+        super().__init__(
+            name, profile, seed=seed, serial=serial, alias=alias, ssid=ssid, clock=clock
+        )
         rng = self._rng
         self._config = _ChargerConfig(
-            install=rng.choice((16, 20, 25, 32, 32)), user=rng.choice((32, 32, 24, 16)),
-            headless=rng.random() < 0.8, brightness=rng.choice((10, 30, 50, 100)),
-            user_power=7360 * profile.phases, ambient=round(rng.uniform(12.0, 26.0), 1),
-            overtemp=rng.choice((65, 70)), critical=rng.choice((75, 80)),
-            board=rng.choice("BCE"))
+            install=rng.choice((16, 20, 25, 32, 32)),
+            user=rng.choice((32, 32, 24, 16)),
+            headless=rng.random() < 0.8,
+            brightness=rng.choice((10, 30, 50, 100)),
+            user_power=7360 * profile.phases,
+            ambient=round(rng.uniform(12.0, 26.0), 1),
+            overtemp=rng.choice((65, 70)),
+            critical=rng.choice((75, 80)),
+            board=rng.choice("BCE"),
+        )
         session_id = rng.randint(1, 900)
         self._counters = _Counters(
-            session_id=session_id, sessions=session_id + rng.randint(0, 20),
+            session_id=session_id,
+            sessions=session_id + rng.randint(0, 20),
             total_wh=session_id * rng.uniform(8000.0, 15000.0),
             total_time_s=session_id * rng.uniform(3000.0, 6000.0),
-            reset_counter=rng.randint(0, 40))
+            reset_counter=rng.randint(0, 40),
+        )
         self._temperature = self._config.ambient
         self._limits = self._draw_limits()
         self._active: set[str] = set()
@@ -370,8 +444,9 @@ class Charger(Device):
         self._logged |= self._active
         self._segment = segment
         self._segment_end = self._t + segment.duration
-        self._power = round(sum(i * v for i, v in zip(segment.currents, segment.voltages,
-                                                       strict=True)), 2)
+        self._power = round(
+            sum(i * v for i, v in zip(segment.currents, segment.voltages, strict=True)), 2
+        )
 
     def _sessions(self) -> Iterator[_Segment]:
         """The endless script: idle, then a session or a rare LOCKED/OTA episode."""
@@ -395,8 +470,9 @@ class Charger(Device):
                 yield self._charging(car)
                 roll = rng.random()
                 if roll < 0.05:
-                    yield _Segment("E", rng.uniform(30, 300), self._grid(),
-                                   error=rng.choice(_ERROR_CAUSES))
+                    yield _Segment(
+                        "E", rng.uniform(30, 300), self._grid(), error=rng.choice(_ERROR_CAUSES)
+                    )
                     break
                 if roll < 0.2:
                     yield _Segment("B_PAUSE", rng.uniform(120, 900), self._grid())
@@ -417,8 +493,14 @@ class Charger(Device):
         em = 32 if rng.random() < 0.5 else rng.randint(6, 32)
         temperature = 32 if self.profile.legacy_api or rng.random() < 0.9 else rng.randint(6, 20)
         # Reason codes of the spec: 0 hardware, 1 install, 2 user, 3 dynamic, 6 EM, 8 temperature.
-        candidates = [(32, 0), (cfg.install, 1), (cfg.user, 2), (dynamic, 3), (em, 6),
-                      (temperature, 8)]
+        candidates = [
+            (32, 0),
+            (cfg.install, 1),
+            (cfg.user, 2),
+            (dynamic, 3),
+            (em, 6),
+            (temperature, 8),
+        ]
         offered, reason = min(candidates)
         return _Limits(cfg.install, cfg.user, dynamic, em, temperature, offered, reason)
 
@@ -507,16 +589,22 @@ class Charger(Device):
     def _system_currents(self) -> JSONDict:
         lim = self._limits
         values = {
-            "cable_current": 32, "install_current": lim.install, "dynamic_current": lim.dynamic,
-            "user_current": lim.user, "charging_current": self._offered(),
-            "system_max_current": 32, "schedule_current": 32, "ocpp_current": 32,
+            "cable_current": 32,
+            "install_current": lim.install,
+            "dynamic_current": lim.dynamic,
+            "user_current": lim.user,
+            "charging_current": self._offered(),
+            "system_max_current": 32,
+            "schedule_current": 32,
+            "ocpp_current": 32,
             "em_current": lim.em,
         }
         if self.profile.legacy_api:
             return {_LEGACY_SYSTEM_CURRENT_KEYS[k]: v for k, v in values.items()}
         values["temperature_current"] = lim.temperature
-        values["user_power_current"] = min(32, self._config.user_power // 230
-                                           // self.profile.phases)
+        values["user_power_current"] = min(
+            32, self._config.user_power // 230 // self.profile.phases
+        )
         return values
 
     def _error_flags(self, flags: set[str]) -> JSONDict:
@@ -542,14 +630,27 @@ class Charger(Device):
     def _app_config(self) -> JSONDict:
         cfg = self._config
         reply: JSONDict = {
-            "headless": cfg.headless, "install_current": cfg.install,
-            "led_max_brightness": cfg.brightness, "led_dimming_delay": 0,
-            "charger_locked": self._segment.state == "LOCKED", "auto_update": True,
-            "led_template_enabled": False, "led_template": "", "charger_alias": self.alias,
-            "latitude": 0.0, "longitude": 0.0, "ocpp_server_link": "",
-            "connected_phase": self.profile.phases, "owner_id": "", "user_current": cfg.user,
-            "gmt_offset": 0, "precise_pwm_mode": False, "energy_management_enabled": False,
-            "charging_schedule_enabled": False, "em_id": "", "timezone": "Europe/Bucharest",
+            "headless": cfg.headless,
+            "install_current": cfg.install,
+            "led_max_brightness": cfg.brightness,
+            "led_dimming_delay": 0,
+            "charger_locked": self._segment.state == "LOCKED",
+            "auto_update": True,
+            "led_template_enabled": False,
+            "led_template": "",
+            "charger_alias": self.alias,
+            "latitude": 0.0,
+            "longitude": 0.0,
+            "ocpp_server_link": "",
+            "connected_phase": self.profile.phases,
+            "owner_id": "",
+            "user_current": cfg.user,
+            "gmt_offset": 0,
+            "precise_pwm_mode": False,
+            "energy_management_enabled": False,
+            "charging_schedule_enabled": False,
+            "em_id": "",
+            "timezone": "Europe/Bucharest",
         }
         if self.profile.legacy_api:
             del reply["auto_update"]
@@ -559,10 +660,17 @@ class Charger(Device):
 
     def _charger_config(self) -> JSONDict:
         cfg = self._config
-        return {"overtemp_threshold": cfg.overtemp, "critical_temp_threshold": cfg.critical,
-                "voltage_gain": 1.0, "current_gain": 1.0, "calibration_temperature": 25.0,
-                "rcd_enabled": True, "serial_number": self.serial,
-                "board_revision": cfg.board, "temp_offset": 0.0}
+        return {
+            "overtemp_threshold": cfg.overtemp,
+            "critical_temp_threshold": cfg.critical,
+            "voltage_gain": 1.0,
+            "current_gain": 1.0,
+            "calibration_temperature": 25.0,
+            "rcd_enabled": True,
+            "serial_number": self.serial,
+            "board_revision": cfg.board,
+            "temp_offset": 0.0,
+        }
 
 
 class Meter(Device):
@@ -570,10 +678,20 @@ class Meter(Device):
 
     _BUCKET = 10.0
 
-    def __init__(self, name: str, profile: Profile, *, seed: int, serial: int, alias: str,
-                 ssid: str, clock: Clock) -> None:
-        super().__init__(name, profile, seed=seed, serial=serial, alias=alias, ssid=ssid,
-                         clock=clock)
+    def __init__(
+        self,
+        name: str,
+        profile: Profile,
+        *,
+        seed: int,
+        serial: int,
+        alias: str,
+        ssid: str,
+        clock: Clock,
+    ) -> None:
+        super().__init__(
+            name, profile, seed=seed, serial=serial, alias=alias, ssid=ssid, clock=clock
+        )
         rng = self._rng
         self._breaker = rng.choice((25, 32, 40, 63))
         self._mode = rng.randrange(5)
@@ -606,27 +724,54 @@ class Meter(Device):
             voltage.append(round(volts, 3))
             power.append(round(sign * amps * volts * pf, 2))
             factor.append(round(pf, 3))
-        self._values = {"current": current, "voltage": voltage, "active_p": power,
-                        "power_factor": factor}
+        self._values = {
+            "current": current,
+            "voltage": voltage,
+            "active_p": power,
+            "power_factor": factor,
+        }
         return True
 
     def _meter_info(self) -> JSONDict:
         v = self._values
-        return {"current": v["current"], "voltage": v["voltage"], "active_p": v["active_p"],
-                "fw_version": self.profile.fw_version, "breaker_rating": self._breaker,
-                "power_factor": v["power_factor"], "load_balancing_mode": self._mode}
+        return {
+            "current": v["current"],
+            "voltage": v["voltage"],
+            "active_p": v["active_p"],
+            "fw_version": self.profile.fw_version,
+            "breaker_rating": self._breaker,
+            "power_factor": v["power_factor"],
+            "load_balancing_mode": self._mode,
+        }
 
     def _app_config(self) -> JSONDict:
-        return {"breaker_rating": self._breaker, "load_balancing_mode": self._mode,
-                "lb_meter_type": "Onboard", "lb_pv_minimum_current": 6, "reverse_current": True,
-                "energy_management_enabled": False, "lb_hybrid_current": 6,
-                "lb_meter_offline_current": 6, "car_minimum_current": 6, "auto_update": True,
-                "chargers_list": "", "owner_id": ""}
+        return {
+            "breaker_rating": self._breaker,
+            "load_balancing_mode": self._mode,
+            "lb_meter_type": "Onboard",
+            "lb_pv_minimum_current": 6,
+            "reverse_current": True,
+            "energy_management_enabled": False,
+            "lb_hybrid_current": 6,
+            "lb_meter_offline_current": 6,
+            "car_minimum_current": 6,
+            "auto_update": True,
+            "chargers_list": "",
+            "owner_id": "",
+        }
 
 
-def make_device(name: str, profile: str, *, seed: int = 0, serial: int | None = None,
-                alias: str | None = None, ssid: str = "HomeNet", clock: Clock | None = None,
-                frozen: bool = False) -> Device:
+def make_device(
+    name: str,
+    profile: str,
+    *,
+    seed: int = 0,
+    serial: int | None = None,
+    alias: str | None = None,
+    ssid: str = "HomeNet",
+    clock: Clock | None = None,
+    frozen: bool = False,
+) -> Device:
     """Build a device of a named profile; ValueError for an unknown profile.
 
     ``frozen`` pins the device at a deterministic snapshot (chargers mid-charge); without an
@@ -641,5 +786,13 @@ def make_device(name: str, profile: str, *, seed: int = 0, serial: int | None = 
     clock = clock or SimClock(frozen=frozen)
     if prof.kind == "meter":
         return Meter(name, prof, seed=seed, serial=serial, alias=alias, ssid=ssid, clock=clock)
-    return Charger(name, prof, seed=seed, serial=serial, alias=alias, ssid=ssid, clock=clock,
-                   charging_snapshot=frozen)
+    return Charger(
+        name,
+        prof,
+        seed=seed,
+        serial=serial,
+        alias=alias,
+        ssid=ssid,
+        clock=clock,
+        charging_snapshot=frozen,
+    )

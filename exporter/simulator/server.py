@@ -53,16 +53,29 @@ from aiohttp import web
 
 from .device import Device, JSONDict, SimClock, default_serial, encode, make_device
 
-FAULT_MODES = ("none", "hang", "slow", "reset", "http500", "nonjson", "rpcerror", "truncated",
-               "garbage", "flap", "refuse")
+FAULT_MODES = (
+    "none",
+    "hang",
+    "slow",
+    "reset",
+    "http500",
+    "nonjson",
+    "rpcerror",
+    "truncated",
+    "garbage",
+    "flap",
+    "refuse",
+)
 _TIMED_MODES = frozenset({"slow", "flap"})
 SPELLINGS = ("both", "canonical", "lower")
 
 _JSON = "application/json"
 _TEXT = "text/plain"
 _HTML = "text/html"
-_HTML_PAGE = (b"<!DOCTYPE html><html><head><title>Lektrico</title></head>"
-              b"<body><h1>Lektrico charger</h1><p>Configuration portal</p></body></html>")
+_HTML_PAGE = (
+    b"<!DOCTYPE html><html><head><title>Lektrico</title></head>"
+    b"<body><h1>Lektrico charger</h1><p>Configuration portal</p></body></html>"
+)
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 500: "Internal Server Error"}
 _MAX_HEAD = 16384
 _MAX_BODY = 65536
@@ -137,11 +150,14 @@ def loopback_address(base: str, index: int) -> str:
     return check_loopback(str(ip))
 
 
-def _response(status: int, content_type: str, body: bytes, keep_alive: bool,
-              length: int | None = None) -> bytes:
-    head = (f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {len(body) if length is None else length}\r\n"
-            f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n")
+def _response(
+    status: int, content_type: str, body: bytes, keep_alive: bool, length: int | None = None
+) -> bytes:
+    head = (
+        f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body) if length is None else length}\r\n"
+        f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n"
+    )
     return head.encode() + body
 
 
@@ -239,8 +255,7 @@ class _Connection(asyncio.Protocol):
 
     def send_later(self, delay: float, data: bytes, keep_alive: bool) -> None:
         self._busy = True
-        self._timer = asyncio.get_running_loop().call_later(delay, self._send_now, data,
-                                                            keep_alive)
+        self._timer = asyncio.get_running_loop().call_later(delay, self._send_now, data, keep_alive)
 
     def _send_now(self, data: bytes, keep_alive: bool) -> None:
         self._timer = None
@@ -271,8 +286,9 @@ class _Connection(asyncio.Protocol):
 class _Endpoint:
     """One device's socket, fault, spelling and open connections."""
 
-    def __init__(self, fleet: SimulatedFleet, spec: DeviceSpec, device: Device,
-                 address: str) -> None:
+    def __init__(
+        self, fleet: SimulatedFleet, spec: DeviceSpec, device: Device, address: str
+    ) -> None:
         self.fleet = fleet
         self.name = spec.name
         self.profile = spec.profile
@@ -294,8 +310,10 @@ class _Endpoint:
             sock.listen(128)
         except OSError as exc:
             sock.close()
-            raise OSError(exc.errno, f"device {self.name}: cannot listen on "
-                                     f"{self.address}:{self.port}: {exc.strerror}") from exc
+            raise OSError(
+                exc.errno,
+                f"device {self.name}: cannot listen on {self.address}:{self.port}: {exc.strerror}",
+            ) from exc
         sock.setblocking(False)
         self.port = sock.getsockname()[1]
         return sock
@@ -327,15 +345,19 @@ class _Endpoint:
             return
         status, content_type, body = self._answer(path, rpc, mode)
         if mode == "truncated":
-            connection.send_truncated(_response(status, content_type, body, False),
-                                      missing=max(1, len(body) // 2))
+            connection.send_truncated(
+                _response(status, content_type, body, False), missing=max(1, len(body) // 2)
+            )
         elif mode == "slow":
-            connection.send_later(self.fault.seconds,
-                                  _response(status, content_type, body, request.keep_alive),
-                                  request.keep_alive)
+            connection.send_later(
+                self.fault.seconds,
+                _response(status, content_type, body, request.keep_alive),
+                request.keep_alive,
+            )
         else:
-            connection.send(_response(status, content_type, body, request.keep_alive),
-                            request.keep_alive)
+            connection.send(
+                _response(status, content_type, body, request.keep_alive), request.keep_alive
+            )
 
     def _answer(self, path: str, rpc: str, mode: str) -> tuple[int, str, bytes]:
         if mode == "http500":
@@ -366,8 +388,14 @@ class _Endpoint:
         return method
 
     def _error(self, code: int, message: str) -> bytes:
-        return encode({"id": 0, "src": self.device.device_id, "dst": "user",
-                       "error": {"code": code, "message": message}})
+        return encode(
+            {
+                "id": 0,
+                "src": self.device.device_id,
+                "dst": "user",
+                "error": {"code": code, "message": message},
+            }
+        )
 
 
 def _open_log(path: str) -> IO[str]:
@@ -384,9 +412,16 @@ def _check_spelling(spelling: str) -> str:
 class SimulatedFleet:
     """A set of simulated devices, each listening on its own address and port."""
 
-    def __init__(self, specs: Iterable[DeviceSpec], *, host: str = "127.0.0.1",
-                 speed: float = 1.0, frozen: bool = False, keep_calls: bool = True,
-                 call_log: str | None = None) -> None:
+    def __init__(
+        self,
+        specs: Iterable[DeviceSpec],
+        *,
+        host: str = "127.0.0.1",
+        speed: float = 1.0,
+        frozen: bool = False,
+        keep_calls: bool = True,
+        call_log: str | None = None,
+    ) -> None:
         self.clock = SimClock(speed=speed, frozen=frozen)
         self.calls: list[CallRecord] = []
         self._keep_calls = keep_calls
@@ -407,9 +442,16 @@ class SimulatedFleet:
                 if (address, spec.port) in sockets:
                     raise ValueError(f"two devices on {address}:{spec.port}")
                 sockets.add((address, spec.port))
-            device = make_device(spec.name, spec.profile, seed=spec.seed,
-                                 serial=self._unique_serial(spec, serials), alias=spec.alias,
-                                 ssid=spec.ssid, clock=self.clock, frozen=frozen)
+            device = make_device(
+                spec.name,
+                spec.profile,
+                seed=spec.seed,
+                serial=self._unique_serial(spec, serials),
+                alias=spec.alias,
+                ssid=spec.ssid,
+                clock=self.clock,
+                frozen=frozen,
+            )
             self._endpoints[spec.name] = _Endpoint(self, spec, device, address)
 
     @staticmethod
@@ -426,8 +468,12 @@ class SimulatedFleet:
         await self.start()
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self.stop()
 
     async def start(self) -> None:
@@ -472,10 +518,15 @@ class SimulatedFleet:
 
     def describe(self, name: str) -> JSONDict:
         endpoint = self._endpoint(name)
-        return {"name": name, "profile": endpoint.profile,
-                "device_id": endpoint.device.device_id, "host": self.host(name),
-                "fault": str(endpoint.fault), "spelling": endpoint.spelling,
-                "alias": endpoint.device.alias}
+        return {
+            "name": name,
+            "profile": endpoint.profile,
+            "device_id": endpoint.device.device_id,
+            "host": self.host(name),
+            "fault": str(endpoint.fault),
+            "spelling": endpoint.spelling,
+            "alias": endpoint.device.alias,
+        }
 
     def set_fault(self, name: str, fault: str) -> None:
         """Change a device's fault; takes effect for the next request (or connection)."""
@@ -523,8 +574,11 @@ class SimulatedFleet:
             return [[device, method, n] for (device, method), n in self._counts.items()]
         if op == "set":
             name = str(command.get("device"))
-            setter = {"fault": self.set_fault, "alias": self.set_alias,
-                      "spelling": self.set_spelling}.get(str(command.get("field")))
+            setter = {
+                "fault": self.set_fault,
+                "alias": self.set_alias,
+                "spelling": self.set_spelling,
+            }.get(str(command.get("field")))
             if name not in self._endpoints:
                 return {"error": f"unknown device {name!r}", "status": 404}
             if setter is None:
@@ -555,8 +609,9 @@ class FleetShard(Protocol):
 class ControlServer:
     """HTTP control API over one or more shards of a simulated fleet."""
 
-    def __init__(self, shards: Sequence[FleetShard], host: str = "127.0.0.1",
-                 port: int = 0) -> None:
+    def __init__(
+        self, shards: Sequence[FleetShard], host: str = "127.0.0.1", port: int = 0
+    ) -> None:
         self._shards = shards
         self._host = check_loopback(host)
         self._port = port
@@ -599,8 +654,9 @@ class ControlServer:
             for device, method, n in await shard.command({"op": "calls"}):
                 by_device.setdefault(device, {})[method] = n
                 by_method[method] += n
-        return web.json_response({"total": sum(by_method.values()), "by_device": by_device,
-                                  "by_method": dict(by_method)})
+        return web.json_response(
+            {"total": sum(by_method.values()), "by_device": by_device, "by_method": dict(by_method)}
+        )
 
     async def _set(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -613,10 +669,12 @@ class ControlServer:
             value = body["alias" if field == "alias" else "mode"]
         except (ValueError, KeyError, TypeError):
             key = "alias" if field == "alias" else "mode"
-            return web.json_response({"error": f'body must be JSON like {{"{key}": ...}}'},
-                                     status=400)
-        reply = await shard.command({"op": "set", "device": name, "field": field,
-                                     "value": str(value)})
+            return web.json_response(
+                {"error": f'body must be JSON like {{"{key}": ...}}'}, status=400
+            )
+        reply = await shard.command(
+            {"op": "set", "device": name, "field": field, "value": str(value)}
+        )
         if "error" in reply:
             return web.json_response({"error": reply["error"]}, status=reply["status"])
         return web.json_response(reply)
