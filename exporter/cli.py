@@ -13,6 +13,7 @@ from . import __version__, logs
 from .app import Exporter, run_until_signal
 from .config import ConfigError, load_config, parse_config
 from .sharding import parse_shard
+from .webconfig import load_web_config
 
 PROG = "lektrico-exporter"
 log = logging.getLogger("lektrico")
@@ -45,6 +46,18 @@ def parser() -> argparse.ArgumentParser:
         "--shard", metavar="I/N", help="poll only this replica's share of the devices (0 <= I < N)"
     )
     p.add_argument("--listen", metavar="HOST:PORT", help="override the config's listen address")
+    p.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        metavar="FILE",
+        help="exporter-toolkit web config (TLS, basic auth); overrides web.config_file",
+    )
+    p.add_argument(
+        "--health-check",
+        action="store_true",
+        help="ask the running exporter's /-/healthy on the configured listen address;"
+        " exit 0 when it answers, 1 when not (for container health checks)",
+    )
     p.add_argument("--log.level", dest="log_level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log.format", dest="log_format", choices=["logfmt", "json"])
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
@@ -72,8 +85,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.listen:
             checked = parse_config(json.dumps({"listen": args.listen}), "--listen")
             config = config.model_copy(update={"listen": checked.listen})
+        if args.web_config_file:
+            web = config.web.model_copy(update={"config_file": args.web_config_file})
+            config = config.model_copy(update={"web": web})
+        web_settings = load_web_config(config.web.config_file)
     except ConfigError as exc:
+        if args.health_check:  # Docker reserves exit status 2 of a health check
+            print(f"{PROG}: config error: {exc}")
+            return 1
         return fail_config(exc)
+    if args.health_check:
+        from .healthcheck import check
+
+        return check(config)
     logs.setup(args.log_level or config.log.level, args.log_format or config.log.format)
     try:
         shard = parse_shard(args.shard) if args.shard else None
@@ -81,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
     if args.check_config:
-        print(f"{PROG}: config OK: {len(config.devices)} devices")
+        print(f"{PROG}: config OK: {len(config.devices)} devices, {web_settings.describe()}")
         return 0
     try:
         if args.once:
