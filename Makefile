@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: demo test lint typecheck pytest deps system-deps npm-deps bench docs clean
+.PHONY: demo test lint typecheck pytest deps system-deps npm-deps bench docs dashboards clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ test: deps system-deps npm-deps lint typecheck pytest
 
 docs: deps
 	$(BIN)/python -m exporter.docs > docs/metrics.md
+
+dashboards: deps
+	$(BIN)/python dashboards/generate.py
 
 bench: deps system-deps
 	$(BIN)/python bench/run.py
