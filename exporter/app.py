@@ -15,10 +15,12 @@ from aiohttp import web
 from . import sharding
 from .config import Config, ConfigError, DeviceConfig, load_config
 from .config_loader import expand_pattern
+from .outputs import build_outputs
 from .poller import Poller, PollSettings, Sink, Target
 from .prometheus import Exposition
 from .selfmetrics import SelfMetrics
 from .web import ProbePolicy, Web
+from .webconfig import load_web_config, middlewares, ssl_context
 
 log = logging.getLogger("lektrico.app")
 
@@ -85,9 +87,9 @@ class Exporter:
     watch_interval: float = 5.0
 
     def __post_init__(self) -> None:
-        self.poller = Poller(
-            settings_of(self.config), [self.exposition.publish, *self.extra_sinks], self.metrics
-        )
+        self.outputs = build_outputs(self.config, self.metrics)
+        sinks = [self.exposition.publish, *(o.publish for o in self.outputs), *self.extra_sinks]
+        self.poller = Poller(settings_of(self.config), sinks, self.metrics)
         self.poller.on_remove(self.exposition.remove)
         self.web = Web(
             self.poller,
@@ -117,6 +119,11 @@ class Exporter:
 
     def apply(self, config: Config) -> None:
         """Switch to a new config; devices that did not change keep their state and series."""
+        if (config.influxdb, config.line_protocol) != (
+            self.config.influxdb,
+            self.config.line_protocol,
+        ):
+            log.warning("influxdb and line_protocol changes take effect after a restart")
         self.config = config
         self.poller.reconfigure(settings_of(config))
         self.poller.set_targets(self.targets(config))
@@ -138,11 +145,17 @@ class Exporter:
         return None
 
     async def start(self) -> None:
+        settings = load_web_config(self.config.web.config_file)
+        for output in self.outputs:
+            await output.start()
         self.poller.set_targets(self.targets(self.config))
-        self._runner = web.AppRunner(self.web.app(), access_log=None, handle_signals=False)
+        app = self.web.app()
+        app.middlewares.extend(middlewares(settings))
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         host, port = self.config.listen_host or "0.0.0.0", self.config.listen_port
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        tls = ssl_context(settings)
+        site = web.TCPSite(self._runner, host, port, reuse_address=True, ssl_context=tls)
         await site.start()
         self.port = self._runner.addresses[0][1] if self._runner.addresses else port
         self._tasks.append(asyncio.create_task(self.poller.run()))
@@ -151,7 +164,13 @@ class Exporter:
             seen = device_files_signature(self.config, base)
             self._tasks.append(asyncio.create_task(self._watch_device_files(base, seen)))
         self.web.ready = True
-        log.info("listening on %s:%d with %d devices", host, self.port, len(self.poller.devices))
+        log.info(
+            "listening on %s:%d with %d devices: %s",
+            host,
+            self.port,
+            len(self.poller.devices),
+            settings.describe(),
+        )
 
     async def _watch_device_files(self, base: Path, seen: tuple[object, ...]) -> None:
         while True:
@@ -171,6 +190,8 @@ class Exporter:
         await self.poller.close()
         if self._runner is not None:
             await self._runner.cleanup()
+        for output in self.outputs:  # after the last poll, so every reading is flushed
+            await output.stop()
 
 
 async def run_until_signal(exporter: Exporter) -> None:

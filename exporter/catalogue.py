@@ -841,7 +841,7 @@ ALL_METRIC_NAMES: frozenset[str] = frozenset(
     [m.name for m in CATALOGUE] + [name for name, *_ in EXPORTER_METRICS]
 )
 RESERVED_LABELS: frozenset[str] = frozenset(
-    {"device", "instance", "job"}
+    {"device", "instance", "job", "time", "_field", "_measurement"}
     | {label for m in CATALOGUE for label in m.labels}
     | {label for *_, labels in EXPORTER_METRICS for label in labels}
 )

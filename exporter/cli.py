@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from . import __version__, logs
 from .app import Exporter, run_until_signal
 from .config import ConfigError, load_config, parse_config
+from .influx_spool import SpoolError
 from .sharding import parse_shard
 from .webconfig import load_web_config
 
@@ -117,6 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return asyncio.run(run_demo(config, args.demo, listen_given=bool(args.listen)))
         asyncio.run(run_until_signal(Exporter(config, config_path=args.config, shard=shard)))
+    except SpoolError as exc:  # a spool directory that is locked or not writable
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         pass
     return 0

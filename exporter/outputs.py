@@ -1,0 +1,39 @@
+"""The outputs every reading goes to besides /metrics, built from the config.
+
+An output takes readings synchronously from the poller (`publish`, which must not block) and
+does its I/O in its own task between `start()` and `stop()`. Prometheus is not one of them: its
+exposition is always there. InfluxDB and line protocol are optional and independent, so an
+InfluxDB-only user needs no scraper.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from .config import Config
+from .influx_writer import InfluxWriter
+from .lineproto_file import LineProtocolFile
+from .reading import Reading
+from .selfmetrics import SelfMetrics
+
+
+class Output(Protocol):
+    def publish(self, reading: Reading) -> None:
+        """Take a reading; called after every poll, must return at once."""
+
+    async def start(self) -> None:
+        """Begin (open files, connect, start background tasks)."""
+
+    async def stop(self) -> None:
+        """Write out what is buffered and close; called once, at shutdown."""
+
+
+def build_outputs(config: Config, metrics: SelfMetrics) -> list[Output]:
+    outputs: list[Output] = []
+    prefix = "lektrico"
+    if config.influxdb is not None:
+        prefix = config.influxdb.measurement_prefix
+        outputs.append(InfluxWriter(config.influxdb, metrics))
+    if config.line_protocol is not None:
+        outputs.append(LineProtocolFile(config.line_protocol, prefix))
+    return outputs
