@@ -245,8 +245,10 @@ class InfluxWriter:
     async def _run(self) -> None:
         while True:
             if not self._stopping.is_set():
+                # asyncio.timeout, not wait_for: see Poller.run (a lost cancellation on 3.11).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.config.flush_interval)
+                    async with asyncio.timeout(self.config.flush_interval):
+                        await self._wake.wait()
             self._wake.clear()
             try:
                 await self._drain()  # once stopping, it gives up at the first failure
@@ -276,7 +278,8 @@ class InfluxWriter:
                     delay = RETRY_BASE * 2 ** min(self._failures - 1, 30)
                     delay = min(self.config.max_retry_delay, delay) * random.uniform(0.75, 1.0)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self._stopping.wait()
 
     async def _send_batch(self) -> Failure | None:
         if self.spool is not None:
