@@ -15,6 +15,7 @@ from aiohttp import web
 from . import sharding
 from .config import Config, ConfigError, DeviceConfig, load_config
 from .config_loader import expand_pattern
+from .discovery import Discovery, DiscoveryError, merge
 from .outputs import build_outputs
 from .poller import Poller, PollSettings, Sink, Target
 from .prometheus import Exposition
@@ -103,6 +104,8 @@ class Exporter:
         self._tasks: list[asyncio.Task[None]] = []
         self._reload_lock = asyncio.Lock()
         self.port = 0
+        self.discovery: Discovery | None = None
+        self._discovered: list[Target] = []
 
     def _shard(self, config: Config) -> tuple[int, int] | None:
         if self.shard is not None:
@@ -110,12 +113,28 @@ class Exporter:
         return (config.shard.index, config.shard.count) if config.shard else None
 
     def targets(self, config: Config) -> list[Target]:
-        devices = config.devices
+        # Merged before sharding: a discovered device configured in another shard is not ours.
+        targets = merge([target_of(d) for d in config.devices], self._discovered)
         shard = self._shard(config)
         if shard is not None:
-            mine = sharding.select((d.name for d in devices), *shard)
-            devices = [d for d in devices if d.name in mine]
-        return [target_of(d) for d in devices]
+            mine = sharding.select((t.name for t in targets), *shard)
+            targets = [t for t in targets if t.name in mine]
+        return targets
+
+    def _on_discovered(self, found: list[Target]) -> None:
+        self._discovered = found
+        self.poller.set_targets(self.targets(self.config))
+
+    async def _start_discovery(self, config: Config) -> None:
+        if config.discovery.enabled:
+            self.discovery = Discovery(config.discovery, self._on_discovered)
+            await self.discovery.start()
+
+    async def _stop_discovery(self) -> None:
+        if self.discovery is not None:
+            await self.discovery.stop()
+            self.discovery = None
+            self._discovered = []
 
     def apply(self, config: Config) -> None:
         """Switch to a new config; devices that did not change keep their state and series."""
@@ -140,12 +159,21 @@ class Exporter:
             except ConfigError as exc:
                 log.error("reload rejected, keeping the running config: %s", exc)
                 return str(exc)
+            restart_discovery = config.discovery != self.config.discovery
             self.apply(config)
+            if restart_discovery:
+                await self._stop_discovery()
+                try:
+                    await self._start_discovery(config)
+                except DiscoveryError as exc:
+                    log.error("discovery stopped: %s", exc)
+                self.poller.set_targets(self.targets(config))
         log.info("config reloaded: %d devices", len(self.poller.devices))
         return None
 
     async def start(self) -> None:
         settings = load_web_config(self.config.web.config_file)
+        await self._start_discovery(self.config)  # first: fails before anything else runs
         for output in self.outputs:
             await output.start()
         self.poller.set_targets(self.targets(self.config))
@@ -183,6 +211,7 @@ class Exporter:
 
     async def stop(self) -> None:
         self.web.ready = False
+        await self._stop_discovery()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

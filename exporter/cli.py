@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from . import __version__, logs
 from .app import Exporter, run_until_signal
 from .config import ConfigError, load_config, parse_config
+from .discovery import DiscoveryError
 from .influx_spool import SpoolError
 from .sharding import parse_shard
 from .webconfig import load_web_config
@@ -121,6 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpoolError as exc:  # a spool directory that is locked or not writable
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
+    except DiscoveryError as exc:  # an interface address this host does not have
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         pass
     return 0

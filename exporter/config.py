@@ -10,6 +10,7 @@ resolved. Every problem is raised as a `ConfigError` whose text is one line:
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import math
 import os
@@ -53,6 +54,7 @@ __all__ = [
     "ConfigSyntaxError",
     "ConfigValueError",
     "DeviceConfig",
+    "DiscoveryConfig",
     "InfluxConfig",
     "LineProtocolConfig",
     "LogConfig",
@@ -265,6 +267,24 @@ class _Section(BaseModel):
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 
+def _null_is_empty(labels: Any) -> Any:
+    return {} if labels is None else labels
+
+
+def _check_labels(labels: dict[str, str]) -> dict[str, str]:
+    for name, value in labels.items():
+        if not _LABEL_NAME.fullmatch(name):
+            problem = "must be letters, digits and _, not starting with a digit"
+            raise FieldProblem((name,), f"label name {name!r} {problem}")
+        if name.startswith("__"):
+            raise FieldProblem((name,), "label names starting with __ are reserved")
+        if name in RESERVED_LABELS:
+            raise FieldProblem((name,), f"label name {name!r} is reserved by the exporter")
+        if _has_control(value):
+            raise FieldProblem((name,), "label value must not contain control characters")
+    return labels
+
+
 class DeviceConfig(_Section):
     name: str
     host: str
@@ -305,22 +325,12 @@ class DeviceConfig(_Section):
     @field_validator("labels", mode="before")
     @classmethod
     def _null_labels(cls, labels: Any) -> Any:
-        return {} if labels is None else labels
+        return _null_is_empty(labels)
 
     @field_validator("labels")
     @classmethod
     def _check_labels(cls, labels: dict[str, str]) -> dict[str, str]:
-        for name, value in labels.items():
-            if not _LABEL_NAME.fullmatch(name):
-                problem = "must be letters, digits and _, not starting with a digit"
-                raise FieldProblem((name,), f"label name {name!r} {problem}")
-            if name.startswith("__"):
-                raise FieldProblem((name,), "label names starting with __ are reserved")
-            if name in RESERVED_LABELS:
-                raise FieldProblem((name,), f"label name {name!r} is reserved by the exporter")
-            if _has_control(value):
-                raise FieldProblem((name,), "label value must not contain control characters")
-        return labels
+        return _check_labels(labels)
 
     @model_validator(mode="after")
     def _check_credentials(self) -> DeviceConfig:
@@ -392,8 +402,9 @@ class InfluxConfig(_Section):
     gzip: bool = True
     verify_tls: bool = True
     ca_file: str | None = None
-    # An hour of a 100-device fleet: 100 devices x 240 polls x ~60 points = 1.44 M points.
-    buffer_points: Annotated[int, Field(ge=1)] = 2_000_000
+    # A 100-device fleet polled every 15 s makes ~108,000 points an hour (4.5 a reading): the
+    # default holds ~4.6 hours of it in ~290 MB; the spool holds more on disk.
+    buffer_points: Annotated[int, Field(ge=1)] = 500_000
     spool_dir: str | None = None
     max_retry_delay: Duration = 300.0
     measurement_prefix: str = "lektrico"
@@ -494,12 +505,67 @@ class ShardConfig(_Section):
         return self
 
 
+_SERVICE_TYPE = re.compile(r"_[A-Za-z0-9-]{1,15}\._(?:tcp|udp)\.local\.?")
+
+
+class DiscoveryConfig(_Section):
+    enabled: bool = False
+    service: str = "_http._tcp.local."
+    name_prefix: str = "Lektrico-"
+    labels: dict[str, str] = {}
+    interfaces: list[str] | None = None
+    port_override: Port | None = None
+    grace_period: Duration = 300.0
+
+    @field_validator("service")
+    @classmethod
+    def _check_service(cls, service: str) -> str:
+        service = service.strip()
+        if not _SERVICE_TYPE.fullmatch(service):
+            raise ValueError(
+                f"must be a DNS-SD service type like _http._tcp.local., got {service!r}"
+            )
+        return service if service.endswith(".") else f"{service}."
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _null_labels(cls, labels: Any) -> Any:
+        return _null_is_empty(labels)
+
+    @field_validator("labels")
+    @classmethod
+    def _check_labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        return _check_labels(labels)
+
+    @field_validator("interfaces")
+    @classmethod
+    def _check_interfaces(cls, interfaces: list[str] | None) -> list[str] | None:
+        if interfaces is None:
+            return None
+        checked = []
+        for i, address in enumerate(interfaces):
+            try:
+                checked.append(str(ipaddress.ip_address(address.strip())))
+            except ValueError:
+                hint = "give the IP address of the interface, like 192.168.1.5"
+                raise FieldProblem((i,), f"{address!r} is not an IP address; {hint}") from None
+        return checked
+
+    @model_validator(mode="after")
+    def _check_zeroconf_installed(self) -> DiscoveryConfig:
+        # Checked here so that --check-config and a reload report it like any other config error.
+        if self.enabled and importlib.util.find_spec("zeroconf") is None:
+            message = "needs the zeroconf package: pip install 'lektrico-exporter[discovery]'"
+            raise FieldProblem(("enabled",), message)
+        return self
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["logfmt", "json"] = "logfmt"
 
 
-_DEFAULTED_SECTIONS = ("devices", "device_files", "poll", "probe", "web", "log")
+_DEFAULTED_SECTIONS = ("devices", "device_files", "poll", "probe", "web", "discovery", "log")
 
 
 class Config(_Section):
@@ -512,6 +578,7 @@ class Config(_Section):
     line_protocol: LineProtocolConfig | None = None
     web: WebConfig = Field(default_factory=WebConfig)
     shard: ShardConfig | None = None
+    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
     @property

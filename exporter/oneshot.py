@@ -13,7 +13,9 @@ from .prometheus import render_probe
 
 async def poll_once(config: Config, target: str) -> int:
     # The verdict below says it all; the poller's own state-change line would repeat it.
-    logging.getLogger("lektrico.poller").setLevel(logging.ERROR)
+    quiet = logging.getLogger("lektrico.poller")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
     poller = Poller(settings_of(config), [])
     try:
         poller.set_targets(target_of(d) for d in config.devices)
@@ -24,6 +26,7 @@ async def poll_once(config: Config, target: str) -> int:
         reading = await poller.poll(st)
     finally:
         await poller.close()
+        quiet.setLevel(level)
     sys.stdout.write(render_probe(reading).decode())
     if not reading.up:
         print(
