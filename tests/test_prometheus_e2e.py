@@ -82,7 +82,7 @@ async def test_prometheus_scrapes_metrics_and_probe(
         assert {r["metric"]["device"] for r in probed} == {"c1", "c3"}
         power = await until_result(prom, 'lektrico_power_watts{job="probe",instance="c1"}', 1)
         assert value(power) == float(info["instant_power"])
-        charging = await until_result(prom, 'lektrico_charger_state == 1', 4)
+        charging = await until_result(prom, "lektrico_charger_state == 1", 4)
         assert {r["metric"]["job"] for r in charging} == {"fleet", "probe"}
         assert await prom.query('up{job="probe"} == 0') == []
         assert await prom.query('lektrico_poll_errors_total{job="probe"}') == []
