@@ -24,7 +24,7 @@ import random
 import re
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -161,6 +161,12 @@ class InfluxWriter:
         self._task: asyncio.Task[None] | None = None
         self._client: InfluxDBClientAsync | None = None
         self._logged: set[str] = set()
+        token = str(client_args(config)[0].get("token") or "")
+        self._secrets = sorted(
+            {t for t in (token, token.partition(":")[2]) if len(t) >= 4},
+            key=len,
+            reverse=True,
+        )
         self._failures = 0
         self._lock = asyncio.Lock()
         self.spool = Spool(Path(config.spool_dir)) if config.spool_dir else None
@@ -315,7 +321,7 @@ class InfluxWriter:
         try:
             await self._post(body)
         except Exception as exc:
-            failure = classify(exc)
+            failure = self._redacted(classify(exc))
             self.metrics.influx_errors.labels(reason=failure.reason).inc()
             if failure.retry:
                 return failure
@@ -339,6 +345,13 @@ class InfluxWriter:
         self.metrics.influx_last_success.set(time.time())
         if points:
             self.metrics.influx_written.inc(points)
+
+    def _redacted(self, failure: Failure) -> Failure:
+        """A server or proxy may echo the Authorization header in its error body."""
+        message = failure.message
+        for secret in self._secrets:
+            message = message.replace(secret, "<redacted>")
+        return replace(failure, message=message)
 
     def _drop(self, reason: str, points: int, message: str) -> None:
         if points:

@@ -48,7 +48,8 @@ def check_main_reply(method: str, reply: Mapping[str, Any]) -> None:
 def to_number(raw: object, boolean: bool = False) -> tuple[float | None, str | None]:
     """(value, None) or (None, drop reason)."""
     if isinstance(raw, bool):
-        return float(raw), None
+        # JSON true is a flag, not the number 1: `"instant_power": true` is not 1 W.
+        return (float(raw), None) if boolean else (None, "type")
     if isinstance(raw, int | float):
         try:
             value = float(raw)

@@ -120,11 +120,14 @@ class DevicePoller:
         wall, t0 = time.time(), time.monotonic()
         requests_before = st.client.requests
         fresh: dict[str, dict[str, Any]] = {}
+        # When each method in `fresh` was fetched; kept only if the poll succeeds, because a
+        # failed poll's replies are thrown away and must be asked for again next time.
+        fetched: dict[str, float] = {}
         st.current_method = None
         failure: PollError | None = None
         try:
             async with asyncio.timeout(budget):
-                await self._collect(st, t0, fresh)
+                await self._collect(st, t0, fresh, fetched)
         except PollError as exc:
             failure = exc
         except TimeoutError:
@@ -135,6 +138,7 @@ class DevicePoller:
         duration = time.monotonic() - t0
         self.metrics.requests.inc(st.client.requests - requests_before)
         if failure is None:
+            st.fetched.update(fetched)
             self._succeeded(st, fresh, t0, wall)
         else:
             self._failed(st, failure)
@@ -146,13 +150,19 @@ class DevicePoller:
         st.current_method = method
         return normalise_reply(await st.client.get(method))
 
-    async def _collect(self, st: DeviceState, now: float, fresh: dict[str, dict[str, Any]]) -> None:
+    async def _collect(
+        self,
+        st: DeviceState,
+        now: float,
+        fresh: dict[str, dict[str, Any]],
+        fetched: dict[str, float],
+    ) -> None:
         first = st.last_success is None or st.failures > 0
         if st.model is None or now - st.fetched.get("identity", -math.inf) >= (
             self.settings.identity_interval
         ):
             await self._identify(st, fresh)
-            st.fetched["identity"] = now
+            fetched["identity"] = now
         assert st.model is not None
         main = cat.MAIN_METHOD[st.model.kind]
         reply = await self._get(st, main)
@@ -168,7 +178,7 @@ class DevicePoller:
                 fresh[method] = await self._get(st, method)
             except MethodUnknown:
                 st.unsupported.add(method)
-            st.fetched[method] = now
+            fetched[method] = now
 
     async def _identify(self, st: DeviceState, fresh: dict[str, dict[str, Any]]) -> None:
         st.unsupported.clear()  # firmware may have been updated

@@ -15,8 +15,10 @@ Example of what a device contributes (device "garage", user label site="home"):
 from __future__ import annotations
 
 import math
+import struct
 import zlib
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from . import catalogue as cat
 from .catalogue import Group
@@ -89,7 +91,7 @@ class Exposition:
     def __init__(self) -> None:
         self._families: dict[str, dict[str, bytes]] = {name: {} for name in FAMILY_ORDER}
         self._present: dict[str, tuple[str, ...]] = {}
-        self._cache: tuple[bytes, bytes] | None = None
+        self._cache: tuple[bytes, Deflated | None] | None = None
 
     def publish(self, reading: Reading) -> None:
         block = render_device(reading)
@@ -112,18 +114,46 @@ class Exposition:
     def render(self) -> bytes:
         if self._cache is None:
             body = join_families((name, self._families[name].values()) for name in FAMILY_ORDER)
-            self._cache = (body, b"")
+            self._cache = (body, None)
         return self._cache[0]
 
-    def render_gzip(self) -> bytes:
+    def render_gzip(self, tail: bytes = b"") -> bytes:
+        """The exposition followed by `tail`, as one gzip member.
+
+        The fleet's part is compressed once per change and kept; a scrape compresses only the
+        small tail (the exporter's own metrics) and appends it to the same deflate stream.
+        """
         body = self.render()
         assert self._cache is not None
-        if not self._cache[1]:
-            self._cache = (body, gzip_bytes(body))
-        return self._cache[1]
+        head = self._cache[1]
+        if head is None:
+            head = Deflated.of(body)
+            self._cache = (body, head)
+        return head.gzip_with(tail)
 
 
-def gzip_bytes(body: bytes, level: int = 1) -> bytes:
-    # Level 1: exposition text compresses ~10x even at the fastest level, and scrapes stay fast.
-    compressor = zlib.compressobj(level, zlib.DEFLATED, 31)
-    return compressor.compress(body) + compressor.flush()
+GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+GZIP_LEVEL = 1  # exposition text compresses ~10x even at the fastest level; scrapes stay fast
+
+
+@dataclass(frozen=True)
+class Deflated:
+    """Raw deflate blocks ending in a sync flush, so more blocks may follow in the same stream."""
+
+    data: bytes
+    crc: int
+    size: int
+
+    @classmethod
+    def of(cls, body: bytes) -> Deflated:
+        compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -15)
+        data = compressor.compress(body) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        return cls(data, zlib.crc32(body), len(body))
+
+    def gzip_with(self, tail: bytes) -> bytes:
+        # A sync flush ends byte-aligned with no final block, so a second compressor's blocks
+        # can continue the stream; the trailer's CRC-32 continues over the tail.
+        compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -15)
+        last = compressor.compress(tail) + compressor.flush()
+        trailer = struct.pack("<II", zlib.crc32(tail, self.crc), (self.size + len(tail)) % 2**32)
+        return b"".join((GZIP_HEADER, self.data, last, trailer))

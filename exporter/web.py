@@ -8,17 +8,21 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from aiohttp import web
+from aiohttp import payload, web
+from aiohttp.abc import AbstractStreamWriter
 
 from . import landing
 from .poller import Poller
-from .prometheus import CONTENT_TYPE, Exposition, gzip_bytes, render_probe
+from .prometheus import CONTENT_TYPE, Exposition, render_probe
 from .selfmetrics import SelfMetrics
 
 log = logging.getLogger("lektrico.web")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 PROBE_MARGIN = 0.5  # seconds kept from Prometheus's scrape timeout for the answer itself
 MAX_TARGET = 255
+# A connection that sends no complete request for this long is closed (aiohttp's own default is
+# an hour), so half-open and slowloris clients cannot pile up connections.
+IDLE_TIMEOUT = 75.0
 
 
 @dataclass(frozen=True)
@@ -67,10 +71,13 @@ class Web:
         self.policy = policy
         self.probe_timeout = probe_timeout
         self.ready = False
+        self.idle_timeout = IDLE_TIMEOUT
         self._reload = reload
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024)
+        app = web.Application(
+            client_max_size=64 * 1024, handler_args={"keepalive_timeout": self.idle_timeout}
+        )
         app.router.add_get("/", self.index)
         app.router.add_get("/metrics", self.metrics_handler)
         app.router.add_get("/probe", self.probe)
@@ -82,8 +89,8 @@ class Web:
         return app
 
     async def index(self, request: web.Request) -> web.Response:
-        page = landing.render(self.poller.devices.values())
-        return web.Response(text=page, content_type="text/html")
+        page = landing.render(self.poller.devices.values()).encode()
+        return web.Response(body=Parts(page, content_type="text/html; charset=utf-8"))
 
     async def healthy(self, request: web.Request) -> web.Response:
         return web.Response(text="Healthy\n")
@@ -119,14 +126,10 @@ class Web:
 
     async def metrics_handler(self, request: web.Request) -> web.Response:
         own = self.metrics.render()
-        headers = {"Content-Type": CONTENT_TYPE}
         if "gzip" in request.headers.get("Accept-Encoding", ""):
-            # Two gzip members back to back are one valid gzip stream (RFC 1952, 2.2).
-            headers["Content-Encoding"] = "gzip"
-            return web.Response(
-                body=self.exposition.render_gzip() + gzip_bytes(own), headers=headers
-            )
-        return web.Response(body=self.exposition.render() + own, headers=headers)
+            body = Parts(self.exposition.render_gzip(own), content_type=CONTENT_TYPE)
+            return web.Response(body=body, headers={"Content-Encoding": "gzip"})
+        return web.Response(body=Parts(self.exposition.render(), own, content_type=CONTENT_TYPE))
 
     def _budget(self, request: web.Request) -> float:
         header = request.headers.get("X-Prometheus-Scrape-Timeout-Seconds")
@@ -153,3 +156,31 @@ class Web:
         if configured and self.poller.devices.get(st.name) is st:
             self.poller.publish(reading)
         return web.Response(body=render_probe(reading), headers={"Content-Type": CONTENT_TYPE})
+
+
+class Parts(payload.Payload):
+    """A body sent as slices of shared bytes objects: nothing copied per request.
+
+    Given as one bytes object, a body is written to the socket at once, and the transport keeps
+    a copy of whatever the client has not read yet; with /metrics built as exposition + own
+    metrics, every request would also allocate the whole body afresh. A client that asks for a
+    fleet's /metrics and never reads would then pin megabytes. Sent in slices, each waiting for
+    the client to take the one before (aiohttp drains past 64 KiB), a reader that stalls holds
+    back one slice.
+    """
+
+    SLICE = 64 * 1024
+
+    def __init__(self, *parts: bytes, content_type: str) -> None:
+        super().__init__(parts, content_type=content_type)
+        self._parts = parts
+        self._size = sum(len(part) for part in parts)
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return b"".join(self._parts).decode(encoding, errors)
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        for part in self._parts:
+            view = memoryview(part)
+            for start in range(0, len(view), self.SLICE):
+                await writer.write(view[start : start + self.SLICE])

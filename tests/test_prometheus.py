@@ -8,6 +8,7 @@ import math
 import os
 import shutil
 import subprocess
+import zlib
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -289,6 +290,18 @@ def test_gzip_body_decompresses_to_the_plain_body() -> None:
     compressed = exposition.render_gzip()
 
     assert gzip.decompress(compressed) == exposition.render()
+
+
+def test_gzip_body_with_a_tail_is_one_gzip_member() -> None:
+    exposition = fleet(reading("a"), reading("b"))
+    tail = b"# TYPE lektrico_devices_up gauge\nlektrico_devices_up 2\n"
+
+    compressed = exposition.render_gzip(tail)
+
+    # One member: decoders that stop after the first member (curl --compressed) see it all.
+    decoder = zlib.decompressobj(31)
+    assert decoder.decompress(compressed) == exposition.render() + tail
+    assert decoder.eof and decoder.unused_data == b""
 
 
 def test_gzip_body_follows_a_new_publish() -> None:

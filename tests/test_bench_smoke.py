@@ -1,0 +1,91 @@
+"""The benchmark (bench/run.py) runs end to end on a tiny fleet and prints every figure.
+
+The real figures come from `make bench` (docs/performance.md); this only proves the script
+works: simulator, exporter, floor and references all start, measure and stop.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FIGURES = (
+    "polls per second",
+    "polls on time",
+    "exporter CPU per 1,000 polls",
+    "HTTP requests per device per poll",
+    "RSS per device",
+    "/metrics render, plain",
+    "/metrics render, gzip",
+    "/probe requests per second",
+    "InfluxDB serialisation points/s",
+    "ref: generate_latest, same samples",
+    "exporter render, same samples, in-process",
+    "ref: bare aiohttp floor",
+    "exporter / floor (polls per CPU s)",
+)
+TARGETS = 6
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_benchmark(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run bench/run.py; on timeout SIGTERM lets it stop the processes it started."""
+    proc = subprocess.Popen(
+        [sys.executable, "bench/run.py", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, err = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        raise AssertionError(f"benchmark took over {timeout:.0f}s\n{out}\n{err}") from None
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_benchmark_prints_every_figure_for_a_tiny_fleet(tmp_path: Path) -> None:
+    # Arrange: a tiny fleet on its own loopback addresses, results kept out of the repo.
+    address_base = f"127.201.{random.randrange(0, 200)}.1"
+    out_dir, plot = tmp_path / "out", tmp_path / "performance.png"
+    args = [
+        "--sizes", "40", "--interval", "3", "--duration", "3", "--sim-processes", "2",
+        "--scrapes", "3", "--probe-requests", "200", "--probe-seconds", "2",
+        "--reference-reps", "2", "--reference-budget", "1", "--settle-timeout", "10",
+        "--address-base", address_base, "--device-port", str(free_port()),
+        "--out", str(out_dir), "--plot", str(plot),
+    ]  # fmt: skip
+
+    # Act
+    result = run_benchmark(args, timeout=60)
+
+    # Assert
+    assert result.returncode == 0, result.stdout + result.stderr
+    for figure in FIGURES:
+        assert figure in result.stdout, f"{figure!r} missing from\n{result.stdout}"
+    verdicts = [line for line in result.stdout.splitlines() if line.strip()[:4] in {"PASS", "MISS"}]
+    assert len(verdicts) == TARGETS, result.stdout
+    report = json.loads((out_dir / "results.json").read_text())
+    (size,) = report["sizes"]
+    assert size["n"] == 40
+    assert size["polls"] > 0 and size["cpu_per_1000_polls"] > 0
+    assert size["metrics_plain_bytes"] > size["metrics_gzip_bytes"] > 0
+    assert size["reference_samples"] > 0 and size["floor"]["ok"] > 0
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
