@@ -81,6 +81,7 @@ class DeviceState:
     reading: Reading | None = None
     inflight: asyncio.Task[Reading] | None = None
     current_method: str | None = None
+    queued: bool = False  # a scheduled poll waits for a free slot
 
     @property
     def name(self) -> str:
@@ -299,6 +300,7 @@ class Poller:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sem = asyncio.Semaphore(settings.concurrency)
         self._on_remove: list[Callable[[str], None]] = []
+        self._up: set[str] = set()
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -335,6 +337,8 @@ class Poller:
 
     def _remove(self, name: str) -> None:
         st = self.devices.pop(name)
+        self._up.discard(name)
+        self.metrics.devices_up.set(len(self._up))
         if st.inflight is not None:
             st.inflight.cancel()
         for callback in self._on_remove:
@@ -356,9 +360,10 @@ class Poller:
                     if st is None:
                         continue
                     self._push(self._next_due(st, due, now), name)
-                    if st.inflight is not None:
-                        self.metrics.polls_late.inc()  # the previous poll is still running
+                    if st.inflight is not None or st.queued:
+                        self.metrics.polls_late.inc()  # the previous poll has not finished
                         continue
+                    st.queued = True
                     self._spawn(self._scheduled(st, due))
                 delay = self._heap[0][0] - now if self._heap else interval
                 self._wake.clear()
@@ -383,10 +388,13 @@ class Poller:
         task.add_done_callback(self._tasks.discard)
 
     async def _scheduled(self, st: DeviceState, due: float) -> None:
-        async with self._sem:
-            if self.devices.get(st.name) is not st:
-                return
-            reading = await self.poll(st)
+        try:
+            async with self._sem:
+                if self.devices.get(st.name) is not st:
+                    return
+                reading = await self.poll(st)
+        finally:
+            st.queued = False
         if time.monotonic() - due > self.settings.interval:
             self.metrics.polls_late.inc()
         if self.devices.get(st.name) is st:
@@ -398,9 +406,12 @@ class Poller:
                 sink(reading)
             except Exception:  # one broken output must not stop the others
                 log.exception("output failed for device %s", reading.device)
-        self.metrics.devices_up.set(
-            sum(1 for d in self.devices.values() if d.reading is not None and d.reading.up)
-        )
+        # A set, not a walk over the fleet: that walk after every poll cost O(N^2) a round.
+        if reading.up and reading.device in self.devices:
+            self._up.add(reading.device)
+        else:
+            self._up.discard(reading.device)
+        self.metrics.devices_up.set(len(self._up))
 
     async def poll(self, st: DeviceState, timeout: float | None = None) -> Reading:
         """Poll now, or join the poll already in flight for this device."""

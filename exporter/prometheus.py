@@ -14,6 +14,7 @@ Example of what a device contributes (device "garage", user label site="home"):
 
 from __future__ import annotations
 
+import asyncio
 import math
 import struct
 import zlib
@@ -129,6 +130,18 @@ class Exposition:
         if head is None:
             head = Deflated.of(body)
             self._cache = (body, head)
+        return head.gzip_with(tail)
+
+    async def render_gzip_async(self, tail: bytes = b"") -> bytes:
+        """render_gzip, compressing the fleet's part in a worker thread (~0.2 s at 10,000
+        devices) so polls and other scrapes go on meanwhile."""
+        body = self.render()
+        assert self._cache is not None
+        head = self._cache[1]
+        if head is None:
+            head = await asyncio.to_thread(Deflated.of, body)
+            if self._cache is not None and self._cache[0] is body:
+                self._cache = (body, head)
         return head.gzip_with(tail)
 
 

@@ -127,7 +127,8 @@ class Web:
     async def metrics_handler(self, request: web.Request) -> web.Response:
         own = self.metrics.render()
         if "gzip" in request.headers.get("Accept-Encoding", ""):
-            body = Parts(self.exposition.render_gzip(own), content_type=CONTENT_TYPE)
+            zipped = await self.exposition.render_gzip_async(own)
+            body = Parts(zipped, content_type=CONTENT_TYPE)
             return web.Response(body=body, headers={"Content-Encoding": "gzip"})
         return web.Response(body=Parts(self.exposition.render(), own, content_type=CONTENT_TYPE))
 

@@ -474,6 +474,16 @@ def growth(times: Sequence[float], values: Sequence[int]) -> float:
     return slope * (times[-1] - times[0])
 
 
+def floor_growth(values: Sequence[int]) -> int:
+    """How much the floor rose from the first half of the window to the second. Open device
+    connections swing fds by hundreds in step with the poll interval, which can tilt a
+    regression line; a leak raises the floor, which those swings never go below."""
+    if len(values) < 4:
+        return 0
+    half = len(values) // 2
+    return min(values[half:]) - min(values[:half])
+
+
 def judge(
     run: FleetRun,
     snaps: Sequence[Snapshot],
@@ -512,7 +522,7 @@ def judge(
         problems=log_problems(run.log()) + log_problems(run.log_out()),
         fds=fds,
         rss=rss,
-        fd_growth=int(growth(times, fds)),
+        fd_growth=floor_growth(fds),
         rss_growth=int(growth(times, rss)),
         fd_bound=fd_bound,
         rss_bound=rss_bound,
