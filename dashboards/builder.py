@@ -611,3 +611,19 @@ def dashboard(
         "templating": {"list": list(variables)},
         "panels": layout.items,
     }
+
+
+# How each charger state is shown (text, colour), in the Prometheus and InfluxDB dashboards.
+STATE_TEXT = {
+    "A": ("A · no car", "text"),
+    "B": ("B · car connected", "yellow"),
+    "B_AUTH": ("B · waiting for authorisation", "orange"),
+    "B_PAUSE": ("B · paused", "purple"),
+    "B_SCHEDULER": ("B · waiting for schedule", "purple"),
+    "C": ("C · charging", "green"),
+    "D": ("D · charging, ventilated", "green"),
+    "E": ("E · error", "red"),
+    "F": ("F · fault", "dark-red"),
+    "OTA": ("firmware update", "blue"),
+    "LOCKED": ("locked", "text"),
+}

@@ -22,6 +22,7 @@ sys.path.insert(0, str(HERE))
 import influx_dashboards  # noqa: E402
 from builder import (  # noqa: E402
     JSON,
+    STATE_TEXT,
     Layout,
     Row,
     adhoc_variable,
@@ -58,19 +59,6 @@ WIFI_STEPS = thresholds((None, "red"), (-80, "orange"), (-70, "green"))
 NOT_A_CHARGER = "not reported (meter or older firmware)"
 NOT_A_METER = "not reported (not an energy meter)"
 
-STATE_TEXT = {
-    "A": ("A · no car", "text"),
-    "B": ("B · car connected", "yellow"),
-    "B_AUTH": ("B · waiting for authorisation", "orange"),
-    "B_PAUSE": ("B · paused", "purple"),
-    "B_SCHEDULER": ("B · waiting for schedule", "purple"),
-    "C": ("C · charging", "green"),
-    "D": ("D · charging, ventilated", "green"),
-    "E": ("E · error", "red"),
-    "F": ("F · fault", "dark-red"),
-    "OTA": ("firmware update", "blue"),
-    "LOCKED": ("locked", "text"),
-}
 assert set(STATE_TEXT) == set(cat.CHARGER_STATES), "describe every charger state"
 LIMIT_REASONS = (*dict.fromkeys(cat.LIMIT_REASONS.values()), "unknown")
 REASON_CODE_BASE = 100  # reasons are coded 101.. so they share one value mapping with states

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from builder import (
     JSON,
+    STATE_TEXT,
     Layout,
     Row,
     bargauge,
@@ -104,21 +105,7 @@ def state_text(values: dict[str, tuple[str, str]]) -> JSON:
     return value_mapping(values)
 
 
-STATE_MAPPING = state_text(
-    {
-        "A": ("A · no car", "text"),
-        "B": ("B · car connected", "yellow"),
-        "B_AUTH": ("B · waiting for authorisation", "orange"),
-        "B_PAUSE": ("B · paused", "purple"),
-        "B_SCHEDULER": ("B · waiting for schedule", "purple"),
-        "C": ("C · charging", "green"),
-        "D": ("D · charging, ventilated", "green"),
-        "E": ("E · error", "red"),
-        "F": ("F · fault", "dark-red"),
-        "OTA": ("firmware update", "blue"),
-        "LOCKED": ("locked", "text"),
-    }
-)
+STATE_MAPPING = state_text(STATE_TEXT)
 
 REASON_MAPPING = state_text(
     {
