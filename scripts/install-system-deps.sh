@@ -3,7 +3,7 @@
 set -euo pipefail
 declare -A pkg_of=(
   [prometheus]=prometheus [promtool]=prometheus
-  [victoria-metrics]=victoria-metrics [influxd]=influxdb [openssl]=openssl
+  [victoria-metrics]=victoria-metrics [influxd]=influxdb [openssl]=openssl [systemd-analyze]=systemd
 )
 missing=()
 for bin in "${!pkg_of[@]}"; do
