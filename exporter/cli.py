@@ -70,8 +70,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
-    """Run on uvloop where it is installed: it cuts the poller's CPU per poll by about a
-    fifth (docs/performance.md); the standard loop works the same, only slower."""
+    """Run on uvloop where it is installed (a cheaper event loop for a poller that is mostly
+    socket work); LEKTRICO_NO_UVLOOP=1 uses the standard loop, which behaves the same."""
     if os.environ.get("LEKTRICO_NO_UVLOOP"):
         return asyncio.run(main)
     try:
