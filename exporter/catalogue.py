@@ -177,6 +177,27 @@ class Computed:
 
 
 Extract = Number | PerPhase | Labelled | StateSet | EnumSet | Flags | Info | Computed
+WHOLE_REPLY = "*"  # the key of a Src that stands for every key of the method (Flags)
+
+
+def inputs_of(extract: Extract) -> tuple[Src, ...]:
+    """Every reply value a row reads, in a fixed order; its samples depend on nothing else
+    (but the device's model)."""
+    if isinstance(extract, Number | StateSet):
+        return extract.sources
+    if isinstance(extract, PerPhase):
+        if extract.scalar_fallback is None:
+            return (extract.source,)
+        return (extract.source, Src(extract.source.method, extract.scalar_fallback))
+    if isinstance(extract, EnumSet):
+        return (extract.source, *extract.fallbacks)
+    if isinstance(extract, Labelled):
+        return tuple(s for _, sources in extract.entries for s in sources)
+    if isinstance(extract, Info):
+        return tuple(s for _, sources in extract.fields for s in sources)
+    if isinstance(extract, Flags):
+        return (Src(extract.method, WHOLE_REPLY),)
+    return ()
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,10 @@ cannot trust (wrong type, not finite, outside the plausible range).
 
 from __future__ import annotations
 
+import functools
 import math
+import sys
+from array import array
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
@@ -26,13 +29,45 @@ _TRUE = frozenset({"true", "1", "on", "yes"})
 _FALSE = frozenset({"false", "0", "off", "no"})
 
 
-def normalise_reply(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """Strip key whitespace and map old key names; the values are checked later, per metric."""
+def normalise_reply(raw: Mapping[str, Any], method: str | None = None) -> dict[str, Any]:
+    """Strip key whitespace and map old key names; the values are checked later, per metric.
+
+    With the `method`, keys no catalogue row and no poll logic reads are left out: a device's
+    last replies are kept until its next poll, and most of a reply is never read."""
+    keep = kept_keys(method) if method is not None else None
     out: dict[str, Any] = {}
     for key, value in raw.items():
         name = key.strip()
-        out[KEY_ALIASES.get(name, name)] = value
+        name = KEY_ALIASES.get(name, name)
+        if keep is None:
+            out[name] = value
+        elif name in keep:
+            # The catalogue's own key string, and short text values interned: one object for
+            # the fleet instead of one per device (JSON decoding makes new ones every reply).
+            out[keep[name]] = sys.intern(value) if type(value) is str and len(value) < 64 else value
     return out
+
+
+# Keys the poller reads itself (identity, sessions, the error shortcut, the main-reply check).
+POLLER_KEYS = frozenset(
+    {"device_id", "session_id", "has_active_errors"}
+    | {"charger_state", "extended_charger_state", "instant_power", "current", "voltage", "active_p"}
+)
+
+
+@functools.cache
+def kept_keys(method: str) -> dict[str, str] | None:
+    """The keys of a method's reply worth keeping, each mapped to itself; None: all (a method
+    read whole)."""
+    keys = set(POLLER_KEYS)
+    for metric in cat.CATALOGUE:
+        for src in cat.inputs_of(metric.extract):
+            if src.method != method:
+                continue
+            if src.key == cat.WHOLE_REPLY:
+                return None
+            keys.add(src.key)
+    return {key: key for key in keys}
 
 
 def check_main_reply(method: str, reply: Mapping[str, Any]) -> None:
@@ -82,6 +117,29 @@ def label_value(raw: object) -> str | None:
     return text[:MAX_LABEL_VALUE]
 
 
+# Samples and label tuples that every device of a fleet has alike (a state series at 0, an
+# error flag that is off) are one object for the whole fleet, not one per device: only names
+# from the catalogue are kept here, so what a device invents cannot grow it.
+_KNOWN_FLAGS = frozenset(cat.ERROR_FLAGS)
+_SHARED: dict[tuple[str, str, str, float], Sample] = {}
+
+
+@functools.cache
+def label_pair(name: str, value: str) -> Labels:
+    """The labels ((name, value),) of a catalogue name and value, one tuple for the fleet."""
+    return ((name, value),)
+
+
+def shared(metric: str, label: str, value: str, number: float) -> Sample:
+    """Sample(metric, ((label, value),), number) for a catalogue-known label value and a
+    number of 0 or 1."""
+    key = (metric, label, value, number)
+    sample = _SHARED.get(key)
+    if sample is None:
+        sample = _SHARED[key] = Sample(metric, label_pair(label, value), number)
+    return sample
+
+
 class Extractor:
     """Walks the catalogue for one device model over one poll's replies."""
 
@@ -126,7 +184,7 @@ class Extractor:
             for label, sources in ex.entries:
                 v = self._number(metric, sources, ex.scale, ex.boolean)
                 if v is not None:
-                    out.append(Sample(name, ((metric.labels[0], label),), v))
+                    out.append(Sample(name, label_pair(metric.labels[0], label), v))
             return out
         if isinstance(ex, cat.PerPhase):
             return self._phases(metric, ex)
@@ -166,12 +224,12 @@ class Extractor:
             if value is None:
                 self.dropped[reason or "type"] += 1
                 continue
-            out.append(Sample(metric.name, (("phase", phase),), value * ex.scale))
+            out.append(Sample(metric.name, label_pair("phase", phase), value * ex.scale))
         return out
 
     def _state_series(self, metric: Metric, known: tuple[str, ...], current: str) -> list[Sample]:
         label = metric.labels[0]
-        out = [Sample(metric.name, ((label, s),), 1.0 if s == current else 0.0) for s in known]
+        out = [shared(metric.name, label, s, 1.0 if s == current else 0.0) for s in known]
         if current not in known:
             out.append(Sample(metric.name, ((label, current),), 1.0))
         return out
@@ -211,7 +269,10 @@ class Extractor:
             if not flag or value is None:
                 self.dropped[reason or "type"] += 1
                 continue
-            out.append(Sample(metric.name, ((metric.labels[0], flag),), value))
+            if flag in _KNOWN_FLAGS:
+                out.append(shared(metric.name, metric.labels[0], flag, value))
+            else:
+                out.append(Sample(metric.name, ((metric.labels[0], flag),), value))
         return out
 
     def _info(self, metric: Metric, ex: cat.Info) -> list[Sample]:
@@ -241,14 +302,139 @@ def extract(
     replies: Replies,
     dropped: Counter[str],
     groups: frozenset[Group] = frozenset({Group.HEALTH, Group.LIVE}),
+    memo: Memo | None = None,
 ) -> list[Sample]:
-    """Every catalogue sample this model's replies give, in catalogue order."""
+    """Every catalogue sample this model's replies give, in catalogue order.
+
+    With a `memo` (one per device), rows whose inputs are unchanged since the memo's last call
+    are not worked out again: see `Memo`. The result is the same either way."""
+    if memo is not None:
+        return memo.extract(model, replies, dropped, groups)
     ex = Extractor(model, replies, dropped)
     out: list[Sample] = []
     for metric in cat.CATALOGUE:
         if metric.group in groups and model.kind in metric.kinds:
             out.extend(ex.samples(metric))
     return out
+
+
+_ROWS = tuple(m for m in cat.CATALOGUE if not isinstance(m.extract, cat.Computed))
+# Per row, the (method, key) pairs it reads; key WHOLE_REPLY stands for the whole reply.
+_DEPENDS = tuple(frozenset((s.method, s.key) for s in cat.inputs_of(m.extract)) for m in _ROWS)
+# Per method, the pairs rows read from it (with key WHOLE_REPLY where a row reads it whole).
+_READ: dict[str, frozenset[tuple[str, str]]] = {}
+for _pairs in _DEPENDS:
+    for _method, _key in _pairs:
+        _READ[_method] = _READ.get(_method, frozenset()) | {(_method, _key)}
+# Per device kind: (row index, metric, depends) of the rows that kind has.
+_KIND_ROWS = {
+    kind: tuple((i, m, _DEPENDS[i]) for i, m in enumerate(_ROWS) if kind in m.kinds)
+    for kind in (cat.CHARGER, cat.METER)
+}
+_ABSENT = object()
+_NO_SPANS = array("i", [-1, 0] * len(_ROWS))
+# A value equal to the last one but of another type can give other samples: 1 and True (a
+# number, or a dropped bool), 1 and 1.0 (label text "1" or "1.0"). So values count as the same
+# only when of the same type, and a list only when its items are of the same types too (a list
+# in a list is never read as a number).
+_SIMPLE = frozenset({str, int, float, type(None)})
+
+
+def _same_value(a: object, b: object) -> bool:
+    if a is b:
+        return True
+    kind = type(a)
+    if kind is not type(b) or a != b:
+        return False
+    if kind is list:
+        assert isinstance(a, list) and isinstance(b, list)
+        return list(map(type, a)) == list(map(type, b))
+    return kind in _SIMPLE
+
+
+def changed_inputs(old: Replies, new: Replies) -> set[tuple[str, str]]:
+    """The (method, key) pairs rows read whose value differs between two polls' replies; a
+    method's (method, WHOLE_REPLY) is in when any of its keys differs."""
+    changed: set[tuple[str, str]] = set()
+    for method, read in _READ.items():
+        a, b = old.get(method), new.get(method)
+        if a is b:
+            continue  # the same reply: a method not fetched again this poll
+        whole = (method, cat.WHOLE_REPLY)
+        if a is None or b is None:
+            changed.update(read)
+            changed.add(whole)
+            continue
+        keys = a.keys() | b.keys() if whole in read else [key for _, key in read]
+        diff = [
+            (method, key)
+            for key in keys
+            if not _same_value(a.get(key, _ABSENT), b.get(key, _ABSENT))
+        ]
+        if diff:
+            changed.update(diff)
+            changed.add(whole)
+    return changed
+
+
+class Memo:
+    """A device's samples per catalogue row from its last extraction, reused while unchanged.
+
+    A row's samples depend only on the device's model and the reply values the row reads
+    (`catalogue.inputs_of`). When each of those is the same as at the last extraction (equal,
+    and of the same JSON type), the row's samples are the last ones, and the values the row
+    dropped then are counted as dropped again. Most of a charger's values are the same from one
+    poll to the next, and the slow and identity methods' replies are the very same objects, so
+    most rows cost a few dict lookups instead of conversions, checks and new samples.
+
+    The caller must pass a new replies mapping when replies change, never the last one mutated
+    (the memo keeps the last one to compare with).
+    """
+
+    __slots__ = ("drops", "model", "replies", "samples", "spans")
+
+    def __init__(self) -> None:
+        self.model: Model | None = None
+        self.replies: Replies = {}
+        self.samples: tuple[Sample, ...] = ()
+        # Row i's samples are samples[spans[2i] : spans[2i] + spans[2i + 1]]; the start is -1
+        # when the row was not worked out (another model's row, or LIVE while down).
+        self.spans = array("i")  # compact: a device keeps ~140 of these
+        self.drops: dict[int, tuple[str, ...]] = {}  # row → drop reasons, only rows with drops
+
+    def extract(
+        self, model: Model, replies: Replies, dropped: Counter[str], groups: frozenset[Group]
+    ) -> list[Sample]:
+        valid = model is self.model
+        old, last, spans, drops = self.replies, self.samples, self.spans, self.drops
+        ex = Extractor(model, replies, dropped)
+        out: list[Sample] = []
+        new_drops: dict[int, tuple[str, ...]] = {}
+        new_spans = array("i", _NO_SPANS)
+        changed = changed_inputs(old, replies) if valid else set()
+        for i, metric, depends in _KIND_ROWS[model.kind]:
+            if metric.group not in groups:
+                continue
+            start = len(out)
+            at = spans[2 * i] if valid else -1
+            if at >= 0 and (not changed or changed.isdisjoint(depends)):
+                out.extend(last[at : at + spans[2 * i + 1]])
+                reasons = drops.get(i)
+                if reasons:
+                    dropped.update(reasons)
+                    new_drops[i] = reasons
+            else:
+                mine: Counter[str] = Counter()
+                ex.dropped = mine
+                out.extend(ex.samples(metric))
+                if mine:
+                    dropped.update(mine)
+                    new_drops[i] = tuple(mine.elements())
+            new_spans[2 * i] = start
+            new_spans[2 * i + 1] = len(out) - start
+        self.model, self.replies = model, replies
+        self.samples, self.spans, self.drops = tuple(out), new_spans, new_drops
+        return out
 
 
 def inactive_errors(known: Replies) -> dict[str, bool]:
