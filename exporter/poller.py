@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import heapq
 import logging
 import math
 import time
 import zlib
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +31,15 @@ import aiohttp
 
 from . import catalogue as cat
 from .catalogue import Cadence, Model
-from .normalise import check_main_reply, extract, inactive_errors, normalise_reply, to_number
+from .normalise import (
+    Memo,
+    check_main_reply,
+    extract,
+    inactive_errors,
+    label_pair,
+    normalise_reply,
+    to_number,
+)
 from .protocol import DeviceClient, MethodUnknown, PollError
 from .reading import Labels, Reading, Sample
 from .selfmetrics import SelfMetrics
@@ -38,6 +47,7 @@ from .selfmetrics import SelfMetrics
 log = logging.getLogger("lektrico.poller")
 Sink = Callable[[Reading], None]
 MAX_SLOW_PER_POLL = 2
+TICK = 0.02  # the scheduler wakes at most this often (s)
 AE = "Active_errors.Get"
 CC = "Counters_config.Get"
 HEALTH_ONLY = frozenset({cat.Group.HEALTH})
@@ -71,13 +81,16 @@ class DeviceState:
     target: Target
     client: DeviceClient
     model: Model | None = None
+    # Replaced, never changed in place: `memo` compares the next replies with these.
     replies: dict[str, dict[str, Any]] = field(default_factory=dict)
+    memo: Memo = field(default_factory=Memo)
     fetched: dict[str, float] = field(default_factory=dict)
     unsupported: set[str] = field(default_factory=set)
     last_success: float | None = None
     failures: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     dropped: Counter[str] = field(default_factory=Counter)
+    error_samples: tuple[Sample, ...] | None = None  # lektrico_poll_errors_total, as of `errors`
     reading: Reading | None = None
     inflight: asyncio.Task[Reading] | None = None
     current_method: str | None = None
@@ -94,10 +107,13 @@ def spread(name: str, interval: float) -> float:
 
 
 def new_session(concurrency: int) -> aiohttp.ClientSession:
+    # One connection a poll, closed when the poll's last reply is in (force_close): a charger's
+    # small HTTP server keeps no idle socket for us, and the exporter keeps no idle connection
+    # per device (memory, and a cleanup pass over all of them every few seconds).
     connector = aiohttp.TCPConnector(
         limit=max(concurrency * 2, 100),
         limit_per_host=1,
-        keepalive_timeout=3.0,
+        force_close=True,
         ttl_dns_cache=300,
     )
     return aiohttp.ClientSession(
@@ -116,7 +132,11 @@ class DevicePoller:
         self.settings = settings
         self.metrics = metrics
 
-    async def poll(self, st: DeviceState, timeout: float | None = None) -> Reading:
+    async def poll(
+        self, st: DeviceState, timeout: float | None = None, busy: bool = False
+    ) -> Reading:
+        """Poll one device; never raises (a failure is a Reading with up 0). `busy` (the fleet
+        is short of poll slots) makes a first poll leave most slow methods to later polls."""
         budget = timeout if timeout is not None else (st.target.timeout or self.settings.timeout)
         wall, t0 = time.time(), time.monotonic()
         requests_before = st.client.requests
@@ -128,7 +148,7 @@ class DevicePoller:
         failure: PollError | None = None
         try:
             async with asyncio.timeout(budget):
-                await self._collect(st, t0, fresh, fetched)
+                await self._collect(st, t0, fresh, fetched, busy)
         except PollError as exc:
             failure = exc
         except TimeoutError:
@@ -149,7 +169,7 @@ class DevicePoller:
 
     async def _get(self, st: DeviceState, method: str) -> dict[str, Any]:
         st.current_method = method
-        return normalise_reply(await st.client.get(method))
+        return normalise_reply(await st.client.get(method), method)
 
     async def _collect(
         self,
@@ -157,8 +177,15 @@ class DevicePoller:
         now: float,
         fresh: dict[str, dict[str, Any]],
         fetched: dict[str, float],
+        busy: bool,
     ) -> None:
-        first = st.last_success is None or st.failures > 0
+        # A device's first poll fetches every slow method, so a new device shows all its values
+        # at once; not when the fleet is busy (an exporter starting on thousands of devices
+        # would send ~10 requests a charger in its first interval), and not after a failed
+        # poll: a recovering fleet must not bring a burst of requests back with it, and a
+        # device too slow to answer ten requests within the timeout still comes up (its slow
+        # methods follow, MAX_SLOW_PER_POLL a poll).
+        first = st.last_success is None and st.failures == 0 and not busy
         if st.model is None or now - st.fetched.get("identity", -math.inf) >= (
             self.settings.identity_interval
         ):
@@ -231,14 +258,16 @@ class DevicePoller:
     ) -> None:
         if st.failures and st.reading is not None:
             log.info("device %s is up again after %d failed polls", st.name, st.failures)
-        st.replies.update(fresh)
+        replies = {**st.replies, **fresh}
         for method in st.unsupported:
-            st.replies.pop(method, None)
+            replies.pop(method, None)
+        st.replies = replies
         st.failures = 0
         st.last_success = wall
 
     def _failed(self, st: DeviceState, failure: PollError) -> None:
         st.errors[failure.reason] += 1
+        st.error_samples = None
         if st.failures == 0:
             log.warning("device %s is down: %s: %s", st.name, failure.reason, failure)
         st.failures += 1
@@ -257,13 +286,15 @@ class DevicePoller:
             )
         if st.replies:
             groups = HEALTH_ONLY if failure else HEALTH_AND_LIVE
-            samples.extend(extract(model, st.replies, st.dropped, groups))
+            samples.extend(extract(model, st.replies, st.dropped, groups, st.memo))
+        if st.error_samples is None:  # made again only after a failure
+            st.error_samples = tuple(
+                Sample("lektrico_poll_errors_total", label_pair("reason", r), float(st.errors[r]))
+                for r in cat.POLL_ERROR_REASONS
+            )
+        samples.extend(st.error_samples)
         samples.extend(
-            Sample("lektrico_poll_errors_total", (("reason", r),), float(st.errors[r]))
-            for r in cat.POLL_ERROR_REASONS
-        )
-        samples.extend(
-            Sample("lektrico_values_dropped_total", (("reason", r),), float(n))
+            Sample("lektrico_values_dropped_total", label_pair("reason", r), float(n))
             for r, n in sorted(st.dropped.items())
         )
         return Reading(
@@ -298,9 +329,11 @@ class Poller:
         self._seq = 0
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._sem = asyncio.Semaphore(settings.concurrency)
+        self._running = 0  # scheduled polls in flight, at most settings.concurrency
+        self._waiting: deque[tuple[DeviceState, float]] = deque()
         self._on_remove: list[Callable[[str], None]] = []
         self._up: set[str] = set()
+        self._addresses: dict[str, str] = {}  # see _index_addresses
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -310,8 +343,6 @@ class Poller:
 
     def reconfigure(self, settings: PollSettings) -> None:
         """New poll settings; polls in flight finish under the old ones."""
-        if settings.concurrency != self.settings.concurrency:
-            self._sem = asyncio.Semaphore(settings.concurrency)
         self.settings = settings
         self._worker.settings = settings
 
@@ -333,6 +364,7 @@ class Poller:
                 self.devices[name] = self._state(target)
                 self._push(now + spread(name, self.settings.interval), name)
         self.metrics.devices_configured.set(len(self.devices))
+        self._index_addresses()
         self._wake.set()
 
     def _remove(self, name: str) -> None:
@@ -349,7 +381,11 @@ class Poller:
         heapq.heappush(self._heap, (due, self._seq, name))
 
     async def run(self) -> None:
-        """The scheduling loop; runs until cancelled."""
+        """The scheduling loop; runs until cancelled.
+
+        It wakes at most once a `TICK` and starts every poll due by then: a poll starts up to a
+        tick late, and the loop costs the same whether 10 or 10,000 devices are due a second.
+        """
         interval = self.settings.interval
         try:
             while True:
@@ -363,18 +399,23 @@ class Poller:
                     if st.inflight is not None or st.queued:
                         self.metrics.polls_late.inc()  # the previous poll has not finished
                         continue
-                    st.queued = True
-                    self._spawn(self._scheduled(st, due))
+                    self._schedule(st, due)
                 delay = self._heap[0][0] - now if self._heap else interval
                 self._wake.clear()
                 # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
                 # cancellation that arrives as the event is set, and stop() would then hang.
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(max(delay, 0.0), 1.0)):
+                    async with asyncio.timeout(min(max(delay, TICK), 1.0)):
                         await self._wake.wait()
         finally:
+            self._drop_waiting()
             for task in list(self._tasks):
                 task.cancel()
+
+    def _drop_waiting(self) -> None:
+        for st, _ in self._waiting:
+            st.queued = False
+        self._waiting.clear()
 
     def _next_due(self, st: DeviceState, due: float, now: float) -> float:
         s = self.settings
@@ -382,23 +423,50 @@ class Poller:
         nxt = due + s.interval * max(factor, 1.0)
         return nxt if nxt > now - s.interval else now + s.interval  # after a stall, do not burst
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    @property
+    def busy(self) -> bool:
+        """More than a quarter of the poll slots are taken, or polls wait for one: first polls
+        then leave their slow methods to later polls (see DevicePoller._slow_due)."""
+        return bool(self._waiting) or self._running * 4 > self.settings.concurrency
 
-    async def _scheduled(self, st: DeviceState, due: float) -> None:
-        try:
-            async with self._sem:
-                if self.devices.get(st.name) is not st:
-                    return
-                reading = await self.poll(st)
-        finally:
-            st.queued = False
-        if time.monotonic() - due > self.settings.interval:
-            self.metrics.polls_late.inc()
-        if self.devices.get(st.name) is st:
-            self.publish(reading)
+    def _schedule(self, st: DeviceState, due: float) -> None:
+        """Start a scheduled poll now, or queue it until one of the `concurrency` slots frees."""
+        if self._running < self.settings.concurrency:
+            self._launch(st, due)
+        else:
+            st.queued = True
+            self._waiting.append((st, due))
+
+    def _launch(self, st: DeviceState, due: float) -> None:
+        # One task a poll: the poll itself. Its completion publishes and frees the slot.
+        self._running += 1
+        task = self._begin(st, None)
+        task.add_done_callback(functools.partial(self._finished, st, due))
+
+    def _finished(self, st: DeviceState, due: float, task: asyncio.Task[Reading]) -> None:
+        self._running -= 1
+        if not task.cancelled() and self.devices.get(st.name) is st:
+            if time.monotonic() - due > self.settings.interval:
+                self.metrics.polls_late.inc()
+            self.publish(task.result())  # DevicePoller.poll turns every failure into a Reading
+        while self._waiting and self._running < self.settings.concurrency:
+            waiting, waiting_due = self._waiting.popleft()
+            waiting.queued = False
+            if self.devices.get(waiting.name) is waiting and waiting.inflight is None:
+                self._launch(waiting, waiting_due)
+
+    def _begin(self, st: DeviceState, timeout: float | None) -> asyncio.Task[Reading]:
+        self.metrics.polls.inc()
+        task = asyncio.get_running_loop().create_task(self._worker.poll(st, timeout, self.busy))
+        st.inflight = task
+        self._tasks.add(task)
+        task.add_done_callback(functools.partial(self._ended, st))
+        return task
+
+    def _ended(self, st: DeviceState, task: asyncio.Task[Reading]) -> None:
+        self._tasks.discard(task)
+        if st.inflight is task:
+            st.inflight = None
 
     def publish(self, reading: Reading) -> None:
         for sink in self.sinks:
@@ -415,22 +483,27 @@ class Poller:
 
     async def poll(self, st: DeviceState, timeout: float | None = None) -> Reading:
         """Poll now, or join the poll already in flight for this device."""
-        if st.inflight is None:
-            self.metrics.polls.inc()
-            st.inflight = asyncio.ensure_future(self._worker.poll(st, timeout))
-            st.inflight.add_done_callback(lambda _t: setattr(st, "inflight", None))
-        return await asyncio.shield(st.inflight)
+        task = st.inflight if st.inflight is not None else self._begin(st, timeout)
+        return await asyncio.shield(task)
 
     def find(self, target: str) -> DeviceState | None:
         """A configured device by name, address (host:port) or host."""
         if target in self.devices:
             return self.devices[target]
+        name = self._addresses.get(target)
+        return self.devices.get(name) if name is not None else None
+
+    def _index_addresses(self) -> None:
+        """Address → device name for find(): a lookup per probe, not a walk over the fleet
+        (a fleet probed through /probe is probed N times an interval). The first device
+        configured at an address wins, as the walk did."""
+        index: dict[str, str] = {}
         for st in self.devices.values():
             url = st.target.base_url
             hostport = url.split("://", 1)[-1].rstrip("/")
-            if target in (hostport, hostport.rsplit(":", 1)[0], url):
-                return st
-        return None
+            for key in (hostport, hostport.rsplit(":", 1)[0], url):
+                index.setdefault(key, st.name)
+        self._addresses = index
 
     def adhoc(self, name: str, base_url: str) -> DeviceState:
         """State for a probed device that is not configured (kept in a small LRU cache)."""
@@ -444,6 +517,7 @@ class Poller:
         return st
 
     async def close(self) -> None:
+        self._drop_waiting()  # or a cancelled poll's slot would go to a waiting one
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:

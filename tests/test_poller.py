@@ -8,7 +8,8 @@ from collections import Counter
 
 import pytest
 
-from exporter.poller import Poller, PollSettings, Target, spread
+from exporter import catalogue as cat
+from exporter.poller import MAX_SLOW_PER_POLL, Poller, PollSettings, Target, spread
 from exporter.reading import Reading
 from exporter.simulator.server import DeviceSpec, SimulatedFleet
 
@@ -330,3 +331,97 @@ async def test_polls_finish_on_time_under_concurrency_limit(make_fleet: FleetFac
     assert time.monotonic() - started < 3
     assert len(readings) >= 40 * 3
     assert poller.metrics.polls_late._value.get() == 0
+
+
+SLOW_CHARGER_METHODS = {
+    m.name for m in cat.methods_for(cat.CHARGER) if m.cadence is cat.Cadence.SLOW
+}
+
+
+async def test_first_poll_of_a_busy_fleet_leaves_slow_methods_to_later_polls(
+    make_fleet: FleetFactory,
+) -> None:
+    fleet = await make_fleet([DeviceSpec("c1", "1p7k", seed=3)], frozen=True)
+    poller = Poller(FAST, [])
+    poller.set_targets(targets(fleet))
+    st = poller.devices["c1"]
+    per_poll: list[list[str]] = []
+    try:
+        for _ in range(6):
+            before = len(fleet.calls)
+            reading = await poller._worker.poll(st, busy=True)
+            assert reading.up
+            per_poll.append([c.rpc_method for c in fleet.calls[before:]])
+    finally:
+        await poller.close()
+    slow = [[m for m in methods if m in SLOW_CHARGER_METHODS] for methods in per_poll]
+    assert all(len(methods) <= MAX_SLOW_PER_POLL for methods in slow), slow
+    fetched = [m for methods in slow for m in methods]
+    # Every slow method once, two a poll, then the steady one request a poll.
+    assert sorted(fetched) == sorted(SLOW_CHARGER_METHODS - st.unsupported)
+    assert per_poll[-1] == ["Charger_info.Get"]
+
+
+async def test_poller_is_busy_when_a_quarter_of_its_slots_are_taken(
+    make_fleet: FleetFactory,
+) -> None:
+    specs = [DeviceSpec(f"h{i}", "1p7k", fault="hang", seed=i) for i in range(6)]
+    fleet = await make_fleet(specs)
+    settings = PollSettings(interval=5.0, timeout=2.0, concurrency=4)
+    poller = Poller(settings, [])
+    poller.set_targets(targets(fleet))
+    try:
+        assert not poller.busy
+        for name in ("h0", "h1"):
+            poller._schedule(poller.devices[name], time.monotonic())
+        assert poller.busy and poller._running == 2
+        for name in ("h2", "h3", "h4"):
+            poller._schedule(poller.devices[name], time.monotonic())
+        # At most `concurrency` in flight; the fifth waits for a slot, outside its timeout.
+        assert poller._running == 4 and len(poller._waiting) == 1
+        assert poller.devices["h4"].queued and poller.devices["h4"].inflight is None
+    finally:
+        await poller.close()
+
+
+async def test_a_recovering_device_does_not_fetch_every_slow_method_at_once(
+    make_fleet: FleetFactory,
+) -> None:
+    fleet = await make_fleet([DeviceSpec("c1", "1p7k", seed=1)], frozen=True)
+    quick = PollSettings(
+        interval=0.5, timeout=0.3, concurrency=4, slow_interval=0.0, identity_interval=600.0
+    )
+    poller = Poller(quick, [])
+    poller.set_targets(targets(fleet))
+    st = poller.devices["c1"]
+    try:
+        assert (await poller.poll(st)).up
+        fleet.set_fault("c1", "http500")
+        assert not (await poller.poll(st)).up
+        fleet.set_fault("c1", "none")
+        before = len(fleet.calls)
+        assert (await poller.poll(st)).up
+    finally:
+        await poller.close()
+    methods = [c.rpc_method for c in fleet.calls[before:]]
+    assert len([m for m in methods if m in SLOW_CHARGER_METHODS]) <= MAX_SLOW_PER_POLL, methods
+
+
+async def test_find_by_address_follows_reloads() -> None:
+    poller = Poller(FAST, [])
+    a = Target("a", "http://127.0.0.5:8080")
+    b = Target("b", "http://127.0.0.6")
+    try:
+        poller.set_targets([a, b])
+        assert poller.find("127.0.0.5:8080") is poller.devices["a"]
+        assert poller.find("127.0.0.5") is poller.devices["a"]
+        assert poller.find("http://127.0.0.6") is poller.devices["b"]
+        assert poller.find("b") is poller.devices["b"]
+
+        poller.set_targets([a, Target("c", "http://127.0.0.5:9090")])
+
+        assert poller.find("127.0.0.6") is None and poller.find("b") is None
+        assert poller.find("127.0.0.5:9090") is poller.devices["c"]
+        assert poller.find("127.0.0.5") is poller.devices["a"]  # the first at that host
+    finally:
+        await poller.close()
