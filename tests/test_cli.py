@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.cli import main
+from exporter.cli import GC_THRESHOLDS, main
 from exporter.simulator.server import DeviceSpec
 
 from .conftest import FleetFactory, fetch, free_port
@@ -148,3 +148,21 @@ async def test_sighup_reloads_the_config(tmp_path: Path, make_fleet: FleetFactor
         code, err = stop(proc)
     assert code == 0, err
     assert "config reloaded: 2 devices" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("default_gc", [False, True])
+def test_runtime_tunes_the_garbage_collector_unless_told_not_to(default_gc: bool) -> None:
+    code = (
+        "import gc\n"
+        "from exporter.cli import run\n"
+        "async def main(): return gc.get_threshold(), gc.get_freeze_count() > 0\n"
+        "print(repr(run(main())))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "LEKTRICO_DEFAULT_GC"}
+    if default_gc:
+        env["LEKTRICO_DEFAULT_GC"] = "1"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True, cwd=ROOT
+    ).stdout.strip()
+
+    assert out == repr(((700, 10, 10), False) if default_gc else (GC_THRESHOLDS, True))
