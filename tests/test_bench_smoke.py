@@ -28,6 +28,8 @@ FIGURES = (
     "ref: generate_latest, same samples",
     "exporter render, same samples, in-process",
     "ref: bare aiohttp floor",
+    "ref: floor paced at N/interval",
+    "exporter capacity, polling flat out",
     "exporter / floor (polls per CPU s)",
 )
 TARGETS = 6
