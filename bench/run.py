@@ -334,6 +334,9 @@ def self_counters(body: bytes) -> dict[str, float]:
     return values
 
 
+STEADY_REQUESTS = 1.05  # requests a poll at most, over a settle step, to call a fleet steady
+
+
 async def settle(
     res: SizeResult,
     session: aiohttp.ClientSession,
@@ -341,15 +344,40 @@ async def settle(
     exporter: asyncio.subprocess.Process,
     deadline: float,
 ) -> None:
-    """Wait until every device has finished its first poll (the heavy one, with identity and
-    slow methods), so the window sees the steady state; at most until `deadline`."""
+    """Wait until every device has finished its first poll and its slow methods (a busy
+    exporter spreads them over the next polls), so the window sees the steady state: every
+    device up, and at most STEADY_REQUESTS requests a poll over the last step; at most until
+    `deadline`."""
+    res.settled = await until_steady(session, metrics_url, exporter, deadline, res.n)
+    _, body = await scrape(session, metrics_url, gzip=False)
+    res.devices_up_at_window = int(self_counters(body)["lektrico_devices_up"])
+
+
+async def until_steady(
+    session: aiohttp.ClientSession,
+    metrics_url: str,
+    exporter: asyncio.subprocess.Process,
+    deadline: float,
+    n: int,
+    step: float = 3.0,
+) -> bool:
+    """True once all n devices are up and a step's polls made at most STEADY_REQUESTS requests
+    each; False if `deadline` came first."""
+    last: dict[str, float] | None = None
     while True:
         _, body = await scrape(session, metrics_url, gzip=False)
-        res.devices_up_at_window = int(self_counters(body)["lektrico_devices_up"])
-        if res.devices_up_at_window >= res.n or time.monotonic() > deadline:
-            break
-        await bounded_sleep_until(time.monotonic() + 3.0, exporter, "exporter")
-    res.settled = res.devices_up_at_window >= res.n
+        now = self_counters(body)
+        if last is not None and now["lektrico_devices_up"] >= n:
+            polls = now["lektrico_polls_total"] - last["lektrico_polls_total"]
+            requests = (
+                now["lektrico_device_requests_total"] - last["lektrico_device_requests_total"]
+            )
+            if polls > 0 and requests / polls <= STEADY_REQUESTS:
+                return True
+        if time.monotonic() > deadline:
+            return False
+        last = now
+        await bounded_sleep_until(time.monotonic() + step, exporter, "exporter")
 
 
 async def scrape(session: aiohttp.ClientSession, url: str, gzip: bool) -> tuple[float, bytes]:
@@ -560,7 +588,11 @@ async def measure_capacity(
     )
     try:
         metrics = f"http://127.0.0.1:{port}/metrics"
-        await bounded_sleep_until(time.monotonic() + opts.capacity_warmup, exporter, "exporter")
+        started = time.monotonic()
+        await bounded_sleep_until(started + opts.capacity_warmup, exporter, "exporter")
+        steady = await until_steady(
+            session, metrics, exporter, started + opts.settle_timeout, n, step=2.0
+        )
         t0, cpu0 = time.monotonic(), cpu_seconds(exporter.pid)
         _, body0 = await scrape(session, metrics, gzip=False)
         await bounded_sleep_until(t0 + opts.capacity_seconds, exporter, "exporter")
@@ -580,6 +612,8 @@ async def measure_capacity(
         "cores": cpu / seconds,
         "cpu_per_1000": 1000 * cpu / polls if polls else float("nan"),
         "requests_per_poll": requests / polls if polls else 0.0,
+        "steady": steady,
+        "warmup_seconds": t0 - started,
     }
 
 
@@ -1527,9 +1561,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument(
         "--settle-timeout",
         type=float,
-        default=50.0,
+        default=120.0,
         help="start the window at the latest this many seconds after the exporter is ready,"
-        " even if some devices have not finished their first poll (default 50)",
+        " even if some devices have not finished their first poll and slow methods"
+        " (default 120)",
     )
     p.add_argument("--scrapes", type=int, default=20, help="scrapes of each kind (default 20)")
     p.add_argument(
@@ -1547,8 +1582,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument(
         "--capacity-warmup",
         type=float,
-        default=12.0,
-        help="wait before that window, while first polls run, s (default 12)",
+        default=8.0,
+        help="wait at least this long before that window, and then until the fleet is steady"
+        " (at most --settle-timeout), s (default 8)",
     )
     p.add_argument("--probe-requests", type=int, default=3000)
     p.add_argument("--probe-seconds", type=float, default=8.0)

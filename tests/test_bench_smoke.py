@@ -71,12 +71,13 @@ def test_benchmark_prints_every_figure_for_a_tiny_fleet(tmp_path: Path) -> None:
         "--sizes", "40", "--interval", "3", "--duration", "3", "--sim-processes", "2",
         "--scrapes", "3", "--probe-requests", "200", "--probe-seconds", "2",
         "--reference-reps", "2", "--reference-budget", "1", "--settle-timeout", "10",
+        "--capacity-warmup", "2", "--capacity-seconds", "2",
         "--address-base", address_base, "--device-port", str(free_port()),
         "--out", str(out_dir), "--plot", str(plot),
     ]  # fmt: skip
 
     # Act
-    result = run_benchmark(args, timeout=60)
+    result = run_benchmark(args, timeout=90)
 
     # Assert
     assert result.returncode == 0, result.stdout + result.stderr
@@ -90,4 +91,6 @@ def test_benchmark_prints_every_figure_for_a_tiny_fleet(tmp_path: Path) -> None:
     assert size["polls"] > 0 and size["cpu_per_1000_polls"] > 0
     assert size["metrics_plain_bytes"] > size["metrics_gzip_bytes"] > 0
     assert size["reference_samples"] > 0 and size["floor"]["ok"] > 0
+    assert size["floor_paced"]["ok"] > 0 and size["floor_paced"]["rate"] == 40 / 3
+    assert size["capacity"]["polls_per_second"] > 0 and size["capacity_ratio"] > 0
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,161 @@
+"""What one poll costs, in-process: the quick measurement behind each change to the poll path.
+
+    .venv/bin/python bench/pollcost.py                      # 2,000 devices every 3 s (667/s)
+    .venv/bin/python bench/pollcost.py --interval 0.25 --timeout 0.2    # flat out
+    .venv/bin/python bench/pollcost.py --interval 15 --memory          # live memory per device
+    .venv/bin/python bench/pollcost.py --profile                       # cProfile of the window
+
+The simulator serves `--devices` devices from 4 processes on 127.200.x.y; this process runs
+the exporter's Poller with an Exposition as its only sink, on the exporter's runtime
+(exporter.cli.run: uvloop and its GC settings; LEKTRICO_NO_UVLOOP=1 and LEKTRICO_DEFAULT_GC=1
+switch those off), waits `--settle` s for first polls and slow methods, and prints, over a
+`--window` s window: polls/s, the share on time, CPU ms per poll (this process's
+time.process_time), requests per poll and devices up. `--memory` traces allocations instead
+(tracemalloc slows polls, so use a long interval) and prints live KB per device with the
+largest allocation sites. bench/run.py is the full benchmark, with the exporter as its own
+process; this one is for comparing one change with the next on the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import os
+import pstats
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from exporter.cli import run as exporter_runtime  # noqa: E402
+from exporter.poller import Poller, PollSettings, Target  # noqa: E402
+from exporter.prometheus import Exposition  # noqa: E402
+from exporter.selfmetrics import SelfMetrics  # noqa: E402
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--devices", type=int, default=2000)
+    p.add_argument("--interval", type=float, default=3.0, help="poll interval, s (default 3)")
+    p.add_argument("--timeout", type=float, help="poll timeout, s (default interval / 3, max 5)")
+    p.add_argument("--concurrency", type=int, default=200)
+    p.add_argument("--settle", type=float, help="s before the window (default 6 intervals + 2)")
+    p.add_argument("--window", type=float, default=15.0)
+    p.add_argument("--memory", action="store_true", help="trace live memory per device")
+    p.add_argument("--profile", action="store_true", help="cProfile the window")
+    p.add_argument("--address-base", default="127.200.0.1")
+    p.add_argument("--port", type=int, default=18080)
+    opts = p.parse_args()
+    if not opts.address_base.startswith("127."):
+        p.error("--address-base must be in 127.0.0.0/8")
+    return opts
+
+
+async def measure(opts: argparse.Namespace, targets: list[dict[str, object]]) -> None:
+    metrics = SelfMetrics()
+    timeout = opts.timeout if opts.timeout is not None else min(5.0, opts.interval / 3)
+    settings = PollSettings(interval=opts.interval, timeout=timeout, concurrency=opts.concurrency)
+    poller = Poller(settings, [Exposition().publish], metrics)
+    poller.set_targets(
+        Target(str(t["name"]), f"http://{t['host']}", tuple(sorted(dict(t["labels"]).items())))  # type: ignore[call-overload]
+        for t in targets
+    )
+    if opts.memory:
+        tracemalloc.start(3)
+    task = asyncio.ensure_future(poller.run())
+    settle = opts.settle if opts.settle is not None else opts.interval * 6 + 2
+    await asyncio.sleep(settle)
+
+    def value(counter: object) -> float:
+        return float(counter._value.get())  # type: ignore[attr-defined]
+
+    if opts.memory:
+        gc.collect()
+        snapshot = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+        n = opts.devices
+        total = sum(s.size for s in snapshot.statistics("filename"))
+        print(f"live Python memory: {total / n / 1024:.1f} KB per device (tracemalloc)")
+        for stat in snapshot.statistics("lineno")[:20]:
+            where = stat.traceback.format()[-1].strip()[:110]
+            print(f"  {stat.size / n:7.0f} B {stat.count / n:6.1f} objects per device  {where}")
+    else:
+        polls0, late0 = value(metrics.polls), value(metrics.polls_late)
+        requests0 = value(metrics.requests)
+        profile = cProfile.Profile() if opts.profile else None
+        cpu0, t0 = time.process_time(), time.monotonic()
+        if profile:
+            profile.enable()
+        await asyncio.sleep(opts.window)
+        if profile:
+            profile.disable()
+        cpu, wall = time.process_time() - cpu0, time.monotonic() - t0
+        polls = value(metrics.polls) - polls0
+        late = value(metrics.polls_late) - late0
+        requests = value(metrics.requests) - requests0
+        due = opts.devices * wall / opts.interval
+        print(
+            f"devices {opts.devices}, interval {opts.interval:g} s: {polls / wall:,.1f} polls/s"
+            f" ({due / wall:,.1f} due), on time {max(0.0, polls - late) / max(polls, due):.2%},"
+            f" CPU {1000 * cpu / max(polls, 1):.3f} ms a poll ({cpu / wall:.2f} cores),"
+            f" {requests / max(polls, 1):.3f} requests a poll,"
+            f" {value(metrics.devices_up):.0f} up"
+        )
+        if profile:
+            pstats.Stats(profile).sort_stats("tottime").print_stats(25)
+    task.cancel()
+    await poller.close()
+
+
+def main() -> int:
+    opts = parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        targets_file = Path(tmp) / "targets.yaml"
+        sim = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "exporter",
+                "simulate",
+                "--devices",
+                str(opts.devices),
+                "--mix",
+                "1p7k,3p22k,em,3em",
+                "--address-base",
+                opts.address_base,
+                "--port",
+                str(opts.port),
+                "--processes",
+                "4",
+                "--targets-file",
+                str(targets_file),
+                "--seed",
+                "1",
+            ],
+            stdout=subprocess.PIPE,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+        try:
+            assert sim.stdout is not None
+            if not sim.stdout.readline().startswith(b"simulating"):
+                raise SystemExit("the simulator did not start")
+            targets = yaml.safe_load(targets_file.read_text())["devices"]
+            exporter_runtime(measure(opts, targets))
+        finally:
+            os.killpg(sim.pid, signal.SIGTERM)
+            sim.wait(timeout=30)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
