@@ -47,6 +47,7 @@ import gc
 import inspect
 import ipaddress
 import json
+import math
 import os
 import platform
 import re
@@ -959,7 +960,7 @@ async def measure_size(
 
         res.load_average.append(loadavg())
         a = await snapshot(session, f"{base}/metrics", fleet, exporter.pid, first=True)
-        await bounded_sleep_until(a.time + opts.duration, exporter, "exporter")
+        await bounded_sleep_until(a.time + window_seconds(opts), exporter, "exporter")
         b = await snapshot(session, f"{base}/metrics", fleet, exporter.pid, first=False)
         res.load_average.append(loadavg())
         res.rss_bytes = rss_bytes(exporter.pid)
@@ -1020,6 +1021,12 @@ async def measure_size(
     gc.collect()  # the reference registry of 20,000 devices holds about a gigabyte
     lap("references")
     return res
+
+
+def window_seconds(opts: argparse.Namespace) -> float:
+    """--duration rounded up to whole intervals: every device is then due the same number of
+    times in the window whatever its phase, so N x window / interval polls are due exactly."""
+    return math.ceil(opts.duration / opts.interval - 1e-9) * opts.interval
 
 
 def fill_window(res: SizeResult, a: Snapshot, b: Snapshot, interval: float, n: int) -> None:
@@ -1549,7 +1556,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--duration",
         type=float,
         default=40.0,
-        help="steady-state window per size, and the floor's run, s (default 40)",
+        help="steady-state window per size (rounded up to whole intervals: 45 s at 15 s),"
+        " and the floor's run, s (default 40)",
     )
     p.add_argument("--sim-processes", type=int, default=4, help="simulator worker processes")
     p.add_argument(
