@@ -1371,16 +1371,33 @@ def plot(results: list[SizeResult], path: Path) -> None:
             )
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4))
-    series(left, [r.cpu_per_1000_polls for r in results], "o-", "exporter, per 1,000 polls")
+    series(left, [r.cpu_per_1000_polls for r in results], "o-", "exporter, steady (N / 15 s)")
+    series(
+        left,
+        [r.capacity.get("cpu_per_1000", 0.0) for r in results],
+        "D-",
+        "exporter, flat out",
+        mark=False,  # its own run, with its own settling
+    )
+    series(
+        left,
+        [r.floor_paced.get("cpu_per_1000", 0.0) for r in results],
+        "v--",
+        "bare aiohttp client, paced at N / 15 s",
+        mark=False,  # the floor does not depend on the exporter
+    )
     series(
         left,
         [r.floor.get("cpu_per_1000", 0.0) for r in results],
         "s--",
-        "bare aiohttp floor, per 1,000 requests",
-        mark=False,  # the floor does not depend on the exporter
+        "bare aiohttp client, flat out",
+        mark=False,
     )
     left.set(
-        xlabel="devices (N)", ylabel="CPU seconds", title="Poll CPU per 1,000 polls", ylim=(0, None)
+        xlabel="devices (N)",
+        ylabel="CPU seconds",
+        title="CPU per 1,000 polls (requests for the clients)",
+        ylim=(0, None),
     )
     series(
         right,

@@ -31,8 +31,8 @@ class Group(StrEnum):
 class Cadence(StrEnum):
     EVERY = "every"  # each poll: the device's main method
     ON_ERRORS = "on_errors"  # only when Charger_info says has_active_errors (or omits it)
-    SLOW = "slow"  # poll.slow_interval, and on the first good poll
-    IDENTITY = "identity"  # poll.identity_interval, and on the first good poll
+    SLOW = "slow"  # poll.slow_interval, and on a device's first poll (see poller)
+    IDENTITY = "identity"  # poll.identity_interval, and on a device's first poll
 
 
 CHARGER = "charger"

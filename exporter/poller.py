@@ -1,12 +1,14 @@
 """The fleet poller: when to ask which device what, and what a poll produced.
 
 - Each device is polled every `interval`, start times spread over the interval (by a hash of the
-  name, stable across reloads), at most `concurrency` polls in flight, each bounded by `timeout`.
+  name, stable across reloads), at most `concurrency` polls in flight, each bounded by `timeout`
+  (a poll waiting for a slot waits outside its timeout). The scheduler wakes at most every TICK.
 - A poll never overlaps the previous poll of the same device; /probe shares the poll in flight.
 - Request economy: the main method every poll; Active_errors only when the charger says it has
   active errors; counters, currents, Wi-Fi and configuration every `slow_interval` (at most two
-  a poll, and all of them on a device's first good poll); identity every `identity_interval`;
-  counters again when the session changes.
+  a poll; all of them on a device's first poll, unless that poll follows a failure or the
+  poller is busy); identity every `identity_interval`; counters again when the session changes.
+- One connection a poll, closed at its end: nothing idle is kept on the devices.
 - A device that keeps failing is polled less often (exponential backoff up to `max_backoff`),
   and its `lektrico_up 0` is republished at every attempt.
 Every poll ends in one Reading, handed to the output sinks; outputs never call devices.

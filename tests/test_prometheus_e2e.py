@@ -8,6 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from exporter.prometheus import Exposition
 from exporter.simulator.server import DeviceSpec
 
 from .conftest import ExporterFactory, FleetFactory, fetch, fleet_config
@@ -122,3 +125,53 @@ async def test_promtool_accepts_the_exporter_output(
         )
         assert check.returncode == 0, check.stdout + check.stderr
         assert check.stdout + check.stderr == ""
+
+
+async def test_prometheus_reads_the_blockwise_gzip_body(
+    tmp_path: Path,
+    make_fleet: FleetFactory,
+    make_exporter: ExporterFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Blocks of two devices, so the gzip body Prometheus asks for is made of many blocks
+    # compressed apart and kept between scrapes; Go's gzip reader checks the CRC-32 and length
+    # the exporter combined from theirs, so a wrong one would fail the scrape (up == 0).
+    monkeypatch.setattr(Exposition, "BLOCK", 2)
+    zipped: list[int] = []
+    original = Exposition.render_gzip_async
+
+    async def counted(self: Exposition, tail: bytes = b"") -> bytes:
+        body = await original(self, tail)
+        zipped.append(len(body))
+        return body
+
+    monkeypatch.setattr(Exposition, "render_gzip_async", counted)
+    names = [f"c{i}" for i in range(5)] + ["m0", "m1"]
+    fleet = await make_fleet(
+        [
+            DeviceSpec(n, "3p22k" if n.startswith("c") else "3em", seed=i)
+            for i, n in enumerate(names)
+        ]
+    )
+    exp = await make_exporter(fleet_config(fleet, site="lab"))
+    prom = Prometheus(
+        tmp_path / "prom", PROMETHEUS_CONFIG.format(port=exp.port, c3=fleet.host("c1"))
+    )
+    await prom.start()
+    try:
+        ups = await until_result(prom, 'lektrico_up{job="fleet"} == 1', len(names))
+        assert {r["metric"]["device"] for r in ups} == set(names)
+        # Several scrapes in, with devices polled between them: blocks kept and blocks redone.
+        await until_result(prom, 'count_over_time(up{job="fleet"}[1m]) >= 4', 1)
+        assert await prom.query('up{job="fleet"} == 0') == []
+        assert (
+            await prom.query(
+                'count_over_time(up{job="fleet"}[1m]) != sum_over_time(up{job="fleet"}[1m])'
+            )
+            == []
+        )
+        energy = await until_result(prom, 'lektrico_energy_joules_total{job="fleet"}', 5)
+        assert all(float(r["value"][1]) > 0 for r in energy)
+    finally:
+        await prom.stop()
+    assert len(zipped) >= 4  # Prometheus asked for gzip, and got the block-wise body
