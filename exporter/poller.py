@@ -447,10 +447,14 @@ class Poller:
 
     def _finished(self, st: DeviceState, due: float, task: asyncio.Task[Reading]) -> None:
         self._running -= 1
-        if not task.cancelled() and self.devices.get(st.name) is st:
+        if task.cancelled():
+            pass
+        elif task.exception() is not None:  # a bug: DevicePoller.poll makes failures Readings
+            log.error("poll of %s ended without a reading", st.name, exc_info=task.exception())
+        elif self.devices.get(st.name) is st:
             if time.monotonic() - due > self.settings.interval:
                 self.metrics.polls_late.inc()
-            self.publish(task.result())  # DevicePoller.poll turns every failure into a Reading
+            self.publish(task.result())
         while self._waiting and self._running < self.settings.concurrency:
             waiting, waiting_due = self._waiting.popleft()
             waiting.queued = False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -425,3 +426,36 @@ async def test_find_by_address_follows_reloads() -> None:
         assert poller.find("127.0.0.5") is poller.devices["a"]  # the first at that host
     finally:
         await poller.close()
+
+
+async def test_a_poll_that_raises_frees_its_slot_for_the_waiting_ones(
+    make_fleet: FleetFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = await make_fleet([DeviceSpec(f"c{i}", "1p7k", seed=i) for i in range(3)], frozen=True)
+    readings: list[Reading] = []
+    two = asyncio.Event()
+
+    def sink(reading: Reading) -> None:
+        readings.append(reading)
+        if len(readings) == 2:
+            two.set()
+
+    poller = Poller(PollSettings(interval=5.0, timeout=2.0, concurrency=1), [sink])
+    poller.set_targets(targets(fleet))
+    original = poller._worker._reading
+
+    def broken(st: Any, *args: Any) -> Reading:
+        if st.name == "c0":
+            raise RuntimeError("a bug while building the reading")
+        return original(st, *args)
+
+    monkeypatch.setattr(poller._worker, "_reading", broken)
+    try:
+        for name in ("c0", "c1", "c2"):
+            poller._schedule(poller.devices[name], time.monotonic())
+        async with asyncio.timeout(5):
+            await two.wait()
+    finally:
+        await poller.close()
+    assert sorted(r.device for r in readings) == ["c1", "c2"]
+    assert poller._running == 0
