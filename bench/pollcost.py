@@ -4,6 +4,7 @@
     .venv/bin/python bench/pollcost.py --interval 0.25 --timeout 0.2    # flat out
     .venv/bin/python bench/pollcost.py --interval 15 --memory          # live memory per device
     .venv/bin/python bench/pollcost.py --profile                       # cProfile of the window
+    .venv/bin/python bench/pollcost.py --loop poll --concurrency 100   # no scheduler, flat out
 
 The simulator serves `--devices` devices from 4 processes on 127.200.x.y; this process runs
 the exporter's Poller with an Exposition as its only sink, on the exporter's runtime
@@ -36,8 +37,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from exporter import catalogue as cat  # noqa: E402
 from exporter.cli import run as exporter_runtime  # noqa: E402
-from exporter.poller import Poller, PollSettings, Target  # noqa: E402
+from exporter.poller import DeviceState, Poller, PollSettings, Target  # noqa: E402
 from exporter.prometheus import Exposition  # noqa: E402
 from exporter.selfmetrics import SelfMetrics  # noqa: E402
 
@@ -52,6 +54,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--window", type=float, default=15.0)
     p.add_argument("--memory", action="store_true", help="trace live memory per device")
     p.add_argument("--profile", action="store_true", help="cProfile the window")
+    p.add_argument(
+        "--loop",
+        choices=["client", "poll", "publish"],
+        help="no scheduler: --concurrency workers in a loop for --window s, each taking the"
+        " next device and doing only DeviceClient.get of its main method (client), the whole"
+        " Poller.poll (poll), or Poller.poll and publishing the reading (publish); CPU ms a"
+        " device each, flat out",
+    )
     p.add_argument("--address-base", default="127.200.0.1")
     p.add_argument("--port", type=int, default=18080)
     opts = p.parse_args()
@@ -69,6 +79,10 @@ async def measure(opts: argparse.Namespace, targets: list[dict[str, object]]) ->
         Target(str(t["name"]), f"http://{t['host']}", tuple(sorted(dict(t["labels"]).items())))  # type: ignore[call-overload]
         for t in targets
     )
+    if opts.loop:
+        await flat_out(opts, poller)
+        await poller.close()
+        return
     if opts.memory:
         tracemalloc.start(3)
     task = asyncio.ensure_future(poller.run())
@@ -114,6 +128,44 @@ async def measure(opts: argparse.Namespace, targets: list[dict[str, object]]) ->
             pstats.Stats(profile).sort_stats("tottime").print_stats(25)
     task.cancel()
     await poller.close()
+
+
+async def flat_out(opts: argparse.Namespace, poller: Poller) -> None:
+    """Workers polling flat out, after one first poll of every device (not measured)."""
+    states = list(poller.devices.values())
+    workers = opts.concurrency
+
+    async def first(chunk: list[DeviceState]) -> None:
+        for st in chunk:
+            poller.publish(await poller.poll(st))
+
+    await asyncio.gather(*(first(states[i::workers]) for i in range(workers)))
+    done = 0
+    turn = iter(range(10**12))
+    deadline = time.monotonic() + opts.window
+
+    async def worker() -> None:
+        nonlocal done
+        while time.monotonic() < deadline:
+            st = states[next(turn) % len(states)]
+            if st.inflight is not None:
+                continue
+            if opts.loop == "client":
+                assert st.model is not None
+                await st.client.get(cat.MAIN_METHOD[st.model.kind])
+            else:
+                reading = await poller.poll(st)
+                if opts.loop == "publish":
+                    poller.publish(reading)
+            done += 1
+
+    cpu0, t0 = time.process_time(), time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(workers)))
+    cpu, wall = time.process_time() - cpu0, time.monotonic() - t0
+    print(
+        f"devices {opts.devices}, {opts.loop} flat out, {workers} workers: {done / wall:,.0f}/s,"
+        f" CPU {1000 * cpu / max(done, 1):.3f} ms each ({cpu / wall:.2f} cores)"
+    )
 
 
 def main() -> int:

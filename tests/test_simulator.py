@@ -29,6 +29,8 @@ from exporter.simulator import (
 from exporter.simulator.cli import add_arguments, plan_fleet
 from exporter.simulator.server import ControlServer
 
+from .conftest import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 CHARGER_PROFILES = ("1p7k-old", "1p7k", "1p7k-partial", "3p22k")
 FW_147_KEYS = {  # captures/1p7k-charger_info.get-fw1.47.json
@@ -644,7 +646,10 @@ def test_cli_refuses_non_loopback_address() -> None:
 def test_cli_serves_twenty_devices_from_two_processes(tmp_path: Path) -> None:
     rng = random.Random()
     base = f"127.1.{rng.randrange(10, 250)}.1"
-    port, control_port = rng.randrange(20000, 40000), rng.randrange(40000, 60000)
+    # The devices listen on their own 127.1.x.y addresses; the control API on 127.0.0.1 gets
+    # a port the kernel says is free: a random one in the ephemeral range (32768-60999) can be
+    # taken by one of the many client connections the suite opens from 127.0.0.1.
+    port, control_port = rng.randrange(20000, 32000), free_port()
     targets = tmp_path / "targets.yaml"
     process = subprocess.Popen(
         [
