@@ -7,7 +7,8 @@
 - Request economy: the main method every poll; Active_errors only when the charger says it has
   active errors; counters, currents, Wi-Fi and configuration every `slow_interval` (at most two
   a poll; all of them on a device's first poll, unless that poll follows a failure or the
-  poller is busy); identity every `identity_interval`; counters again when the session changes.
+  poller is busy; all again, two a poll, when a device is back after failures); identity every
+  `identity_interval`; counters again when the session changes.
 - One connection a poll, closed at its end: nothing idle is kept on the devices.
 - A device that keeps failing is polled less often (exponential backoff up to `max_backoff`),
   and its `lektrico_up 0` is republished at every attempt.
@@ -203,6 +204,12 @@ class DevicePoller:
             previous = st.replies.get(main, {}).get("session_id")
             if previous is not None and previous != reply.get("session_id"):
                 st.fetched.pop(CC, None)
+        if st.failures > 0 and st.last_success is not None:
+            # Back after failures (a reboot, a firmware update, a settings change on the app):
+            # every slow method is due again, and comes MAX_SLOW_PER_POLL a poll.
+            for m in cat.methods_for(st.model.kind):
+                if m.cadence is Cadence.SLOW:
+                    st.fetched.pop(m.name, None)
         for method in self._slow_due(st, now, first):
             try:
                 fresh[method] = await self._get(st, method)

@@ -459,3 +459,29 @@ async def test_a_poll_that_raises_frees_its_slot_for_the_waiting_ones(
         await poller.close()
     assert sorted(r.device for r in readings) == ["c1", "c2"]
     assert poller._running == 0
+
+
+async def test_a_device_back_from_failures_reads_its_slow_methods_again_two_a_poll(
+    make_fleet: FleetFactory,
+) -> None:
+    fleet = await make_fleet([DeviceSpec("c1", "1p7k", seed=2)], frozen=True)
+    poller = Poller(FAST, [])  # slow_interval 60 s: nothing is due again by time in this test
+    poller.set_targets(targets(fleet))
+    st = poller.devices["c1"]
+    per_poll: list[list[str]] = []
+    try:
+        assert (await poller.poll(st)).up
+        fleet.set_fault("c1", "http500")
+        assert not (await poller.poll(st)).up
+        fleet.set_fault("c1", "none")
+        for _ in range(5):
+            before = len(fleet.calls)
+            assert (await poller.poll(st)).up
+            per_poll.append([c.rpc_method for c in fleet.calls[before:]])
+    finally:
+        await poller.close()
+    slow = [[m for m in methods if m in SLOW_CHARGER_METHODS] for methods in per_poll]
+    assert all(len(methods) <= MAX_SLOW_PER_POLL for methods in slow), slow
+    assert sorted(m for methods in slow for m in methods) == sorted(
+        SLOW_CHARGER_METHODS - st.unsupported
+    )
