@@ -27,7 +27,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import aiohttp
 import pytest
@@ -36,15 +36,20 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 
 
+def unavailable(reason: str) -> NoReturn:
+    """Something a test needs is not on this machine: skip it here, fail it under CI (env `CI`
+    set), where .ci/run installs everything the suite needs and a missing piece is a bug."""
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 def require_binary(path: str) -> str:
     """The binary's path; skip (fail under CI) the calling test when it is not installed."""
     found = shutil.which(path)
     if found:
         return found
-    reason = f"{path} is not installed (Debian package; see scripts/install-system-deps.sh)"
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
+    unavailable(f"{path} is not installed (Debian package; see scripts/install-system-deps.sh)")
 
 
 def free_port() -> int:
