@@ -164,8 +164,10 @@ class Exposition:
                     base = label_text((("device", device), *reading.user_labels))
                 self._set(name, slot, "".join(_line(base, s) for s in samples).encode())
             at = end
-        self._clear_absent(device, slot, present)
-        self._present[device] = tuple(present)
+        names = tuple(present)
+        if names != self._present.get(device):  # most polls bring the same families
+            self._clear_absent(device, slot, names)
+            self._present[device] = names
         self._last[device] = reading
         self._plain = None
 
