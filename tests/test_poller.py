@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
 from typing import Any
@@ -485,3 +486,48 @@ async def test_a_device_back_from_failures_reads_its_slow_methods_again_two_a_po
     assert sorted(m for methods in slow for m in methods) == sorted(
         SLOW_CHARGER_METHODS - st.unsupported
     )
+
+
+async def test_a_poll_leaves_no_connection_open_on_the_device() -> None:
+    """One connection a poll, closed by the exporter when the poll is done: a charger's small
+    HTTP server must not hold an idle socket for us between polls (15 s apart)."""
+    replies = {
+        "/rpc/Device_info.Get": {"device_id": "1p7k_123456"},
+        "/rpc/Charger_info.Get": {"charger_state": "A", "instant_power": 0, "session_id": 1},
+    }
+    opened: list[asyncio.Event] = []
+
+    async def device(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        closed = asyncio.Event()
+        opened.append(closed)
+        try:
+            while request := await reader.readuntil(b"\r\n\r\n"):
+                path = request.split(b" ", 2)[1].decode()
+                body = json.dumps(replies[path]).encode() if path in replies else b"{}"
+                status = b"200 OK" if path in replies else b"404 Not Found"
+                writer.write(
+                    b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the client closed the connection
+        finally:
+            closed.set()
+            writer.close()
+
+    server = await asyncio.start_server(device, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    poller = Poller(FAST, [])
+    poller.set_targets([Target("c1", f"http://127.0.0.1:{port}")])
+    try:
+        for _ in range(2):
+            assert (await poller.poll(poller.devices["c1"])).up
+            async with asyncio.timeout(1):  # the exporter closed every connection it opened
+                for closed in opened:
+                    await closed.wait()
+    finally:
+        await poller.close()
+        server.close()
+        await server.wait_closed()
+    assert len(opened) >= 3  # identity, main method, slow methods: a connection each
