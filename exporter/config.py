@@ -17,10 +17,8 @@ import os
 import re
 import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -34,6 +32,14 @@ from pydantic import (
     model_validator,
 )
 
+from .addresses import (
+    HOSTNAME,
+    Endpoint,
+    check_hostname,
+    parse_endpoint,
+    parse_url,
+    split_host_port,
+)
 from .catalogue import RESERVED_LABELS
 from .config_loader import (
     ConfigError,
@@ -131,111 +137,6 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 Precision = Literal["s", "ms", "us", "ns"]
 Port = Annotated[int, Field(ge=1, le=65535)]
 NonEmpty = Annotated[str, Field(min_length=1)]
-
-# ---- addresses -------------------------------------------------------------------------------
-
-_HOST_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
-_HOSTNAME = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?")
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where a device answers HTTP: scheme, host (IPv6 without brackets) and port."""
-
-    scheme: str
-    host: str
-    port: int
-
-    @property
-    def address(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-    @property
-    def base_url(self) -> str:
-        return f"{self.scheme}://{self.address}"
-
-
-def _port(text: str) -> int:
-    if not text.isdigit():
-        raise ValueError(f"port {text!r} is not a number")
-    port = int(text)
-    if not 1 <= port <= 65535:
-        raise ValueError(f"port {port} is out of range 1-65535")
-    return port
-
-
-def _split_host_port(text: str, default_port: int | None) -> tuple[str, int]:
-    """Split "host", "host:port", "[v6]:port" or a bare IPv6 address."""
-    port_text: str | None = None
-    if text.startswith("["):
-        host, bracket, rest = text[1:].partition("]")
-        if not bracket or (rest and not rest.startswith(":")):
-            raise ValueError(f"{text!r} is not [IPv6 address]:port")
-        port_text = rest[1:] if rest else None
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"{host!r} is not an IPv6 address") from None
-    elif text.count(":") > 1:
-        try:
-            ipaddress.IPv6Address(text)
-        except ValueError:
-            raise ValueError("write IPv6 with a port in brackets: [fd00::1]:80") from None
-        if default_port is None:
-            raise ValueError("write IPv6 in brackets with a port, like [::1]:9654")
-        host = text
-    else:
-        host, colon, port_text = text.partition(":")
-        port_text = port_text if colon else None
-    if port_text is not None:
-        return host, _port(port_text)
-    if default_port is None:
-        raise ValueError(f"{text!r} has no port; write host:port, like 0.0.0.0:9654 or [::1]:9654")
-    return host, default_port
-
-
-def _check_hostname(host: str) -> str:
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        pass
-    if not _HOSTNAME.fullmatch(host) or len(host) > 253 or re.fullmatch(r"[\d.]+", host):
-        raise ValueError(f"{host!r} is not a valid hostname or IP address")
-    return host.lower()
-
-
-def _parse_url(url: str, *, what: str) -> tuple[str, str, int, str]:
-    """Scheme, host, port and path of an http(s) URL. Never echoes a URL with credentials."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        raise ValueError(f"{what} is not a valid URL") from None
-    if parts.scheme not in ("http", "https"):
-        raise ValueError(f"{what} must start with http:// or https://, got {parts.scheme!r}")
-    if "@" in parts.netloc:
-        raise ValueError(f"{what} must not contain credentials; use the username and password keys")
-    if parts.query or parts.fragment or url.endswith(("?", "#")):
-        raise ValueError(f"{what} must not have a query string or fragment")
-    host, port = _split_host_port(parts.netloc, 443 if parts.scheme == "https" else 80)
-    return parts.scheme, _check_hostname(host), port, parts.path
-
-
-def parse_endpoint(value: str) -> Endpoint:
-    """A device's `host`: "host", "host:port", "[v6]:port" or an http(s):// URL without path."""
-    text = value.strip()
-    if not text:
-        raise ValueError("must not be empty")
-    if "://" in text:
-        scheme, host, port, path = _parse_url(text, what="URL")
-        if path not in ("", "/"):
-            raise ValueError(f"URL must not have a path, got {path!r}")
-        return Endpoint(scheme, host, port)
-    if "@" in text:
-        raise ValueError("must not contain credentials; use the username and password keys")
-    host, port = _split_host_port(text, 80)
-    return Endpoint("http", _check_hostname(host), port)
-
 
 # ---- validation helpers ----------------------------------------------------------------------
 
@@ -375,11 +276,13 @@ class ProbeConfig(_Section):
     @classmethod
     def _check_networks(cls, allow: list[str]) -> list[str]:
         for i, cidr in enumerate(allow):
+            if "%" in cidr:
+                raise FieldProblem((i,), f"{cidr!r}: IPv6 zone ids are not supported here")
             try:
                 ipaddress.ip_network(cidr.strip(), strict=False)
             except ValueError:
                 hint = "use IP networks like 192.168.1.0/24 or fd00::/64"
-                if _HOSTNAME.fullmatch(cidr.strip()) and re.search(r"[A-Za-z]", cidr):
+                if HOSTNAME.fullmatch(cidr.strip()) and re.search(r"[A-Za-z]", cidr):
                     raise FieldProblem((i,), f"{cidr!r} is a hostname; {hint}") from None
                 raise FieldProblem((i,), f"{cidr!r} is not an IP network; {hint}") from None
         return allow
@@ -432,7 +335,7 @@ class InfluxConfig(_Section):
     @field_validator("url")
     @classmethod
     def _check_url(cls, url: str) -> str:
-        _parse_url(url.strip(), what="url")
+        parse_url(url.strip(), what="url")
         return url.strip()
 
     @field_validator("measurement_prefix")
@@ -584,11 +487,11 @@ class Config(_Section):
     @property
     def listen_host(self) -> str:
         """Host part of `listen`; "" means every interface."""
-        return _split_host_port(self.listen, None)[0]
+        return split_host_port(self.listen, None)[0]
 
     @property
     def listen_port(self) -> int:
-        return _split_host_port(self.listen, None)[1]
+        return split_host_port(self.listen, None)[1]
 
     @model_validator(mode="before")
     @classmethod
@@ -608,9 +511,9 @@ class Config(_Section):
     @field_validator("listen")
     @classmethod
     def _check_listen(cls, listen: str) -> str:
-        host, _ = _split_host_port(listen.strip(), None)
+        host, _ = split_host_port(listen.strip(), None)
         if host:
-            _check_hostname(host)
+            check_hostname(host)
         return listen.strip()
 
     @model_validator(mode="after")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -12,12 +11,20 @@ from aiohttp import payload, web
 from aiohttp.abc import AbstractStreamWriter
 
 from . import landing
+from .addresses import (
+    Endpoint,
+    Network,
+    ProbeTarget,
+    TargetError,
+    allowed,
+    parse_target,
+    resolve_host,
+)
 from .poller import Poller
 from .prometheus import CONTENT_TYPE, Exposition, render_probe
 from .selfmetrics import SelfMetrics
 
 log = logging.getLogger("lektrico.web")
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 PROBE_MARGIN = 0.5  # seconds kept from Prometheus's scrape timeout for the answer itself
 MAX_TARGET = 255
 # A connection that sends no complete request for this long is closed (aiohttp's own default is
@@ -27,32 +34,26 @@ IDLE_TIMEOUT = 75.0
 
 @dataclass(frozen=True)
 class ProbePolicy:
+    """Which unconfigured targets /probe may reach: addresses inside `allow` only."""
+
     allow: Sequence[Network] = ()
     default_port: int = 80
+    resolve_timeout: float = 2.0
 
-    def resolve(self, target: str) -> str:
-        """The device URL for an unconfigured target, or ValueError saying why it is refused."""
-        text = target.strip()
-        if text.startswith("http://"):
-            text = text[len("http://") :].rstrip("/")
-        host, port = text, self.default_port
-        if text.startswith("["):
-            host, _, rest = text[1:].partition("]")
-            if rest:
-                port = int(rest.removeprefix(":"))
-        elif text.count(":") == 1:
-            host, port_text = text.split(":")
-            port = int(port_text)
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            raise ValueError("target is not a configured device nor an IP address") from None
-        if not 0 < port < 65536:
-            raise ValueError("target port out of range")
-        if not any(ip in net for net in self.allow):
-            raise ValueError("target is not in probe.allow")
-        shown = f"[{ip}]" if ip.version == 6 else str(ip)
-        return f"http://{shown}:{port}"
+    async def url_for(self, target: ProbeTarget) -> str:
+        """The device URL for an unconfigured target, built from its checked address only;
+        TargetError (403) when any address it would reach is outside `allow`."""
+        if not self.allow:
+            raise TargetError("target is not a configured device", status=403)
+        if target.ip is not None:
+            ips = [target.ip]
+        else:
+            # Resolved once here and connected to by address, so a second lookup cannot
+            # answer differently (DNS rebinding) between the check and the connection.
+            ips = await resolve_host(target.host, target.port, self.resolve_timeout)
+        if not all(allowed(ip, self.allow) for ip in ips):
+            raise TargetError("target is not in probe.allow", status=403)
+        return Endpoint("http", str(ips[0]), target.port).base_url
 
 
 class Web:
@@ -145,14 +146,17 @@ class Web:
         if not target or len(target) > MAX_TARGET:
             return web.Response(status=400, text="probe needs ?target=HOST[:PORT]\n")
         st = self.poller.find(target)
-        configured = st is not None
         if st is None:
             try:
-                url = self.policy.resolve(target)
-            except ValueError as exc:
+                parsed = parse_target(target, self.policy.default_port)
+                st = self.poller.find(parsed.address)
+                if st is None:
+                    url = await self.policy.url_for(parsed)
+                    st = self.poller.adhoc(target, url)
+            except TargetError as exc:
                 log.info("probe refused for %r: %s", target[:64], exc)
-                return web.Response(status=403, text=f"probe refused: {exc}\n")
-            st = self.poller.adhoc(target, url)
+                return web.Response(status=exc.status, text=f"probe refused: {exc}\n")
+        configured = self.poller.devices.get(st.name) is st
         reading = await self.poller.poll(st, timeout=self._budget(request))
         if configured and self.poller.devices.get(st.name) is st:
             self.poller.publish(reading)
