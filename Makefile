@@ -35,7 +35,7 @@ pytest: deps
 test: deps system-deps npm-deps lint typecheck pytest
 
 docs: deps
-	$(BIN)/python -m exporter.docs > docs/metrics.md
+	$(BIN)/python -m exporter.catalogue.docs > docs/metrics.md
 
 dashboards: deps
 	$(BIN)/python dashboards/generate.py

@@ -20,13 +20,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from exporter import catalogue as cat
-from exporter.config import parse_config
-from exporter.influx import Serializer
-from exporter.influx_writer import InfluxWriter
-from exporter.normalise import extract, normalise_reply
+from exporter.catalogue import table as cat
+from exporter.catalogue.selfmetrics import SelfMetrics
+from exporter.config.schema import parse_config
+from exporter.device.normalise import extract, normalise_reply
+from exporter.outputs.influx.lines import Serializer
+from exporter.outputs.influx.writer import InfluxWriter
 from exporter.reading import Reading, Sample
-from exporter.selfmetrics import SelfMetrics
 from exporter.simulator.device import ManualClock, make_device
 from tests.servers import VictoriaMetrics
 

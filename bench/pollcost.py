@@ -37,11 +37,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from exporter import catalogue as cat  # noqa: E402
+from exporter.catalogue import table as cat  # noqa: E402
+from exporter.catalogue.selfmetrics import SelfMetrics  # noqa: E402
 from exporter.cli import run as exporter_runtime  # noqa: E402
-from exporter.poller import DeviceState, Poller, PollSettings, Target  # noqa: E402
-from exporter.prometheus import Exposition  # noqa: E402
-from exporter.selfmetrics import SelfMetrics  # noqa: E402
+from exporter.device.poller import DeviceState, Poller, PollSettings, Target  # noqa: E402
+from exporter.outputs.prometheus import Exposition  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:

@@ -28,7 +28,7 @@ For each fleet size N, on this machine and over real loopback sockets:
 5. in this process, on the samples of the last plain scrape: a prometheus_client registry of
    Gauges and Counters holding the same samples, rendered with generate_latest; the exporter's
    own Exposition fed the same samples, rendered the same way (no HTTP, no polls competing);
-   and exporter.influx.Serializer on the same samples as Readings.
+   and exporter.outputs.influx.lines.Serializer on the same samples as Readings.
 
 RSS per device is (RSS at the end of the window - RSS of the same exporter with no devices) / N.
 Every loop is bounded in count and time; every process started here is stopped at the end, also
@@ -71,7 +71,7 @@ SELF = Path(__file__).resolve()
 ROOT = SELF.parent.parent
 sys.path.insert(0, str(ROOT))
 
-from exporter import catalogue as cat  # noqa: E402
+from exporter.catalogue import table as cat  # noqa: E402
 from exporter.reading import Reading, Sample  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -710,14 +710,14 @@ def readings_of(families: list[ParsedFamily]) -> list[Reading]:
 
 
 def influx_serialiser() -> tuple[Callable[[Reading], Any] | None, str]:
-    """The line-protocol serialiser of exporter/influx.py, or None and why not."""
+    """The line-protocol serialiser of exporter/outputs/influx/lines.py, or None and why not."""
     try:
-        import exporter.influx as influx
+        import exporter.outputs.influx.lines as influx
     except ImportError as exc:
-        return None, f"exporter/influx.py not importable ({exc})"
+        return None, f"exporter/outputs/influx/lines.py not importable ({exc})"
     serializer = getattr(influx, "Serializer", None)
     if serializer is not None:
-        return serializer().encode, "exporter.influx.Serializer().encode"
+        return serializer().encode, "exporter.outputs.influx.lines.Serializer().encode"
     for name, fn in inspect.getmembers(influx, inspect.isfunction):
         if fn.__module__ != influx.__name__ or name.startswith("_"):
             continue
@@ -728,8 +728,8 @@ def influx_serialiser() -> tuple[Callable[[Reading], Any] | None, str]:
             if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
         ]
         if len(required) == 1 and "Reading" in str(params[0].annotation):
-            return fn, f"exporter.influx.{name}"
-    return None, "exporter/influx.py has no public function taking one Reading"
+            return fn, f"exporter.outputs.influx.lines.{name}"
+    return None, "exporter/outputs/influx/lines.py has no public function taking one Reading"
 
 
 def count_points(output: Any) -> int:
@@ -1070,7 +1070,7 @@ def own_render_in_process(
     """The exporter's Exposition on the same samples, timed like generate_latest: in this
     process, no HTTP, no polls competing for the event loop. A reading is published before
     every render, as a poll would between two scrapes, so nothing comes from the cache."""
-    from exporter.prometheus import Exposition
+    from exporter.outputs.prometheus import Exposition
 
     exposition = Exposition()
     for reading in readings:

@@ -3,7 +3,7 @@
     python dashboards/generate.py          # rewrite the JSON files
     python dashboards/generate.py --check  # exit 1 when a file differs from what this generates
 
-The state, reason and mode lists come from the metric catalogue (exporter/catalogue.py), and
+The state, reason and mode lists come from the metric catalogue (exporter/catalogue/table.py), and
 tests/test_dashboards.py checks every metric name, InfluxDB field, unit and variable used here,
 so a rename in the catalogue breaks a test, never a dashboard. Edit this file, not the JSON.
 """
@@ -43,7 +43,7 @@ from builder import (  # noqa: E402
     value_mapping,
 )
 
-from exporter import catalogue as cat  # noqa: E402
+from exporter.catalogue import table as cat  # noqa: E402
 
 # ---- shared pieces ---------------------------------------------------------------------------
 

@@ -1,9 +1,10 @@
 """The InfluxDB dashboards (InfluxQL): fleet overview and device detail.
 
-Measurement and field names come from the exporter's own serializer plans (exporter/influx.py,
-derived from the catalogue), with the default measurement prefix `lektrico`. InfluxQL keeps
-these dashboards working on InfluxDB 1.x, on 2.x through a DBRP mapping and on 3.x. Booleans
-(up, error and config flags) cannot be averaged in InfluxQL, so they are shown with last().
+Measurement and field names come from the exporter's own serializer plans
+(exporter/outputs/influx/lines.py, derived from the catalogue), with the default measurement prefix
+`lektrico`. InfluxQL keeps these dashboards working on InfluxDB 1.x, on 2.x through a DBRP mapping
+and on 3.x. Booleans (up, error and config flags) cannot be averaged in InfluxQL, so they are shown
+with last().
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from builder import (
     value_mapping,
 )
 
-from exporter import catalogue as cat
-from exporter.influx import plans
+from exporter.catalogue import table as cat
+from exporter.outputs.influx.lines import plans
 
 # The serializer decides the measurement (prefix + the catalogue's suffix); the catalogue's
 # `influx=` row names the field.

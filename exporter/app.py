@@ -12,16 +12,16 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from . import sharding
-from .config import Config, ConfigError, DeviceConfig, load_config
-from .config_loader import expand_pattern
-from .discovery import Discovery, DiscoveryError, merge
-from .outputs import build_outputs
-from .poller import Poller, PollSettings, Sink, Target
-from .prometheus import Exposition
-from .selfmetrics import SelfMetrics
-from .web import ProbePolicy, Web
-from .webconfig import load_web_config, middlewares, ssl_context
+from exporter.catalogue.selfmetrics import SelfMetrics
+from exporter.config.loader import expand_pattern
+from exporter.config.schema import Config, ConfigError, DeviceConfig, load_config
+from exporter.device import sharding
+from exporter.device.discovery import Discovery, DiscoveryError, merge
+from exporter.device.poller import Poller, PollSettings, Sink, Target
+from exporter.outputs import build_outputs
+from exporter.outputs.prometheus import Exposition
+from exporter.web.server import ProbePolicy, Web
+from exporter.web.webconfig import load_web_config, middlewares, ssl_context
 
 log = logging.getLogger("lektrico.app")
 

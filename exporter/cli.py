@@ -12,13 +12,13 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
-from . import __version__, logs
-from .app import Exporter, run_until_signal
-from .config import ConfigError, load_config, parse_config
-from .discovery import DiscoveryError
-from .influx_spool import SpoolError
-from .sharding import parse_shard
-from .webconfig import load_web_config
+from exporter import __version__, logs
+from exporter.app import Exporter, run_until_signal
+from exporter.config.schema import ConfigError, load_config, parse_config
+from exporter.device.discovery import DiscoveryError
+from exporter.device.sharding import parse_shard
+from exporter.outputs.influx.spool import SpoolError
+from exporter.web.webconfig import load_web_config
 
 PROG = "lektrico-exporter"
 T = TypeVar("T")
@@ -108,7 +108,7 @@ def fail_config(exc: ConfigError) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["simulate"]:
-        from .simulator import cli as sim
+        from exporter.simulator import cli as sim
 
         sim_parser = argparse.ArgumentParser(
             prog=f"{PROG} simulate", description="Serve a simulated fleet on loopback."
@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         return fail_config(exc)
     if args.health_check:
-        from .healthcheck import check
+        from exporter.web.healthcheck import check
 
         return check(config)
     logs.setup(args.log_level or config.log.level, args.log_format or config.log.format)
@@ -145,11 +145,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         if args.once:
-            from .oneshot import poll_once
+            from exporter.oneshot import poll_once
 
             return run(poll_once(config, args.once))
         if args.demo is not None:
-            from .demo import run_demo
+            from exporter.demo import run_demo
 
             return run(run_demo(config, args.demo, listen_given=bool(args.listen)))
         run(run_until_signal(Exporter(config, config_path=args.config, shard=shard)))

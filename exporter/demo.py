@@ -5,9 +5,9 @@ from __future__ import annotations
 import itertools
 import logging
 
-from .app import Exporter, run_until_signal
-from .config import Config, DeviceConfig, PollConfig
-from .simulator.server import DeviceSpec, SimulatedFleet
+from exporter.app import Exporter, run_until_signal
+from exporter.config.schema import Config, DeviceConfig, PollConfig
+from exporter.simulator.server import DeviceSpec, SimulatedFleet
 
 log = logging.getLogger("lektrico.demo")
 PROFILES = ("1p7k", "3p22k", "em", "1p7k-old", "3em", "1p7k-partial")

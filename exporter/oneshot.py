@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import sys
 
-from .app import settings_of, target_of
-from .config import Config
-from .poller import Poller
-from .prometheus import render_probe
+from exporter.app import settings_of, target_of
+from exporter.config.addresses import parse_endpoint
+from exporter.config.schema import Config
+from exporter.device.poller import Poller
+from exporter.outputs.prometheus import render_probe
 
 
 async def poll_once(config: Config, target: str) -> int:
@@ -21,8 +22,12 @@ async def poll_once(config: Config, target: str) -> int:
         poller.set_targets(target_of(d) for d in config.devices)
         st = poller.find(target)
         if st is None:
-            url = target if "://" in target else f"http://{target}"
-            st = poller.adhoc(target, url.rstrip("/"))
+            try:
+                endpoint = parse_endpoint(target)
+            except ValueError as exc:
+                print(f"lektrico-exporter: --once {target[:80]!r}: {exc}", file=sys.stderr)
+                return 2
+            st = poller.adhoc(target, endpoint.base_url)
         reading = await poller.poll(st)
     finally:
         await poller.close()

@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 
 from exporter.app import Exporter
-from exporter.config import Config, parse_config
-from exporter.protocol import is_read_method
+from exporter.config.schema import Config, parse_config
+from exporter.device.client import is_read_method
 from exporter.simulator.device import encode
 from exporter.simulator.server import DeviceSpec, SimulatedFleet
 

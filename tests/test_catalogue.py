@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter import catalogue as cat
+from exporter.catalogue import table as cat
 
 from .servers import unavailable
 

@@ -80,6 +80,17 @@ async def test_once_reports_a_dead_device(capsys: pytest.CaptureFixture[str]) ->
     assert "lektrico_up" in captured.out
 
 
+@pytest.mark.parametrize(
+    "target", ["127.0.0.1@10.0.0.1", "http://u:p@127.0.0.1", "[fd00::1%eth0]:80", "host/path"]
+)
+def test_once_refuses_a_target_that_is_not_an_address(
+    target: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--once", target]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--once" in err
+
+
 def spawn(*args: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(

@@ -14,7 +14,7 @@ from typing import Any, get_args, get_origin
 import pytest
 from pydantic import BaseModel
 
-from exporter.config import (
+from exporter.config.schema import (
     Config,
     ConfigError,
     ConfigFileError,

@@ -1,12 +1,12 @@
 """Every dashboard panel shows data: its queries run against real databases fed by the exporter.
 
-A simulated fleet (both charger generations, both meters) is polled every second by the
-exporter; a real Prometheus scrapes it every second with rules/lektrico.rules.yml loaded, and the
-exporter's line protocol (exporter/influx.py) is loaded into a real InfluxDB 1.6. Then every
+A simulated fleet (both charger generations, both meters) is polled every second by the exporter; a
+real Prometheus scrapes it every second with rules/lektrico.rules.yml loaded, and the exporter's
+line protocol (exporter/outputs/influx/lines.py) is loaded into a real InfluxDB 1.6. Then every
 query of every panel, with its template variables filled in the way Grafana fills them (variable
-queries run against the same database), must return data of the expected shape: non-empty,
-finite, with the labels its legend and table joins name, values its value mappings know, and
-energy in kWh rather than joules.
+queries run against the same database), must return data of the expected shape: non-empty, finite,
+with the labels its legend and table joins name, values its value mappings know, and energy in kWh
+rather than joules.
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ from typing import Any, NamedTuple, TypeVar
 
 import pytest
 
-from exporter import catalogue as cat
 from exporter.app import Exporter
-from exporter.config import InfluxConfig, parse_config
-from exporter.influx import Serializer
-from exporter.influx_writer import InfluxWriter
+from exporter.catalogue import table as cat
+from exporter.catalogue.selfmetrics import SelfMetrics
+from exporter.config.schema import InfluxConfig, parse_config
+from exporter.outputs.influx.lines import Serializer
+from exporter.outputs.influx.writer import InfluxWriter
 from exporter.reading import Reading
-from exporter.selfmetrics import SelfMetrics
 from exporter.simulator.server import DeviceSpec, SimulatedFleet
 
 from .servers import InfluxDB1, Prometheus, VictoriaMetrics, free_port, require_binary

@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter import catalogue as cat
-from exporter.config import load_config
-from exporter.influx import POINT_TAGS, plans
+from exporter.catalogue import table as cat
+from exporter.config.schema import load_config
+from exporter.outputs.influx.lines import POINT_TAGS, plans
 
 from .servers import unavailable
 

@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
-from exporter.config import ConfigError, DiscoveryConfig, load_config, parse_config
-from exporter.discovery import Discovery, DiscoveryError, merge, parse_identity
-from exporter.poller import Target
+from exporter.config.schema import ConfigError, DiscoveryConfig, load_config, parse_config
+from exporter.device.discovery import Discovery, DiscoveryError, merge, parse_identity
+from exporter.device.poller import Target
 from exporter.simulator.server import DeviceSpec
 
 from .conftest import ExporterFactory, FleetFactory, fetch, fleet_config, free_port

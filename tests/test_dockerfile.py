@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from exporter import __version__
-from exporter.config import parse_config
+from exporter.config.schema import parse_config
 
 from .servers import unavailable
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from exporter import catalogue, docs
+from exporter.catalogue import docs
+from exporter.catalogue import table as catalogue
 
 ROOT = Path(__file__).parent.parent
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.poller import Poller, PollSettings, Target
-from exporter.prometheus import render_probe
+from exporter.device.poller import Poller, PollSettings, Target
+from exporter.outputs.prometheus import render_probe
 from exporter.simulator.server import DeviceSpec
 
 from .conftest import FleetFactory

@@ -35,12 +35,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter import catalogue as cat
-from exporter.poller import DevicePoller, DeviceState, PollSettings, Target
-from exporter.prometheus import render_probe
-from exporter.protocol import MAX_REPLY_BYTES, DeviceClient, PollError
+from exporter.catalogue import table as cat
+from exporter.catalogue.selfmetrics import SelfMetrics
+from exporter.device.client import MAX_REPLY_BYTES, DeviceClient, PollError
+from exporter.device.poller import DevicePoller, DeviceState, PollSettings, Target
+from exporter.outputs.prometheus import render_probe
 from exporter.reading import Reading
-from exporter.selfmetrics import SelfMetrics
 from exporter.simulator.device import make_device
 
 PROFILES = ("1p7k", "1p7k-old", "3p22k", "em", "3em")

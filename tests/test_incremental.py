@@ -21,9 +21,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter import catalogue as cat
-from exporter.normalise import Memo, extract, kept_keys, normalise_reply
-from exporter.prometheus import Exposition, crc32_combine, crc32_shift
+from exporter.catalogue import table as cat
+from exporter.device.normalise import Memo, extract, kept_keys, normalise_reply
+from exporter.outputs.prometheus import Exposition, crc32_combine, crc32_shift
 from exporter.reading import Reading, Sample
 from exporter.simulator.device import PROFILES as SIM_PROFILES
 from exporter.simulator.device import ManualClock, make_device

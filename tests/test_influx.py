@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter import catalogue as cat
-from exporter.influx import (
+from exporter.catalogue import table as cat
+from exporter.outputs.influx.lines import (
     Serializer,
     escape_key,
     escape_measurement,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.influx_spool import Spool, SpoolError
+from exporter.outputs.influx.spool import Spool, SpoolError
 
 
 def lines(*names: str) -> bytes:

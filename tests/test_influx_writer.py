@@ -28,12 +28,12 @@ import pytest
 from aiohttp import web
 
 from exporter.app import Exporter
-from exporter.config import InfluxConfig, parse_config
-from exporter.influx import PRECISION_FACTOR, Serializer
-from exporter.influx_writer import InfluxWriter, classify, retry_after
+from exporter.catalogue.selfmetrics import SelfMetrics
+from exporter.config.schema import InfluxConfig, parse_config
 from exporter.outputs import Output
+from exporter.outputs.influx.lines import PRECISION_FACTOR, Serializer
+from exporter.outputs.influx.writer import InfluxWriter, classify, retry_after
 from exporter.reading import Reading
-from exporter.selfmetrics import SelfMetrics
 from exporter.simulator.server import DeviceSpec, SimulatedFleet
 from tests.servers import InfluxDB1, VictoriaMetrics, free_port
 from tests.test_influx import T0, charger_reading, parse_line

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from exporter import lineproto_file
 from exporter.app import Exporter
-from exporter.config import LineProtocolConfig, parse_config
-from exporter.influx import Serializer
-from exporter.lineproto_file import LineProtocolFile
+from exporter.config.schema import LineProtocolConfig, parse_config
+from exporter.outputs import lineproto_file
+from exporter.outputs.influx.lines import Serializer
+from exporter.outputs.lineproto_file import LineProtocolFile
 from exporter.simulator.server import DeviceSpec, SimulatedFleet
 from tests.servers import InfluxDB1, free_port
 from tests.test_influx import T0, charger_reading, field_table

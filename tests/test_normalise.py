@@ -13,15 +13,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter import catalogue as cat
-from exporter.normalise import (
+from exporter.catalogue import table as cat
+from exporter.device.client import PollError, decode_reply
+from exporter.device.normalise import (
     check_main_reply,
     extract,
     inactive_errors,
     normalise_reply,
     to_number,
 )
-from exporter.protocol import PollError, decode_reply
 from exporter.reading import Sample
 
 CAPTURES = Path(__file__).parent / "captures"

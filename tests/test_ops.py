@@ -11,9 +11,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from exporter import sharding
 from exporter.app import Exporter
-from exporter.config import load_config
+from exporter.config.schema import load_config
+from exporter.device import sharding
 from exporter.simulator.server import DeviceSpec, SimulatedFleet
 
 from .conftest import ExporterFactory, FleetFactory, fetch, free_port

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from exporter.config import parse_config
-from exporter.influx_writer import InfluxWriter
-from exporter.lineproto_file import LineProtocolFile
+from exporter.catalogue.selfmetrics import SelfMetrics
+from exporter.config.schema import parse_config
 from exporter.outputs import build_outputs
-from exporter.selfmetrics import SelfMetrics
+from exporter.outputs.influx.writer import InfluxWriter
+from exporter.outputs.lineproto_file import LineProtocolFile
 
 INFLUX = "influxdb: {url: 'http://127.0.0.1:8086', bucket: b, org: o, token: t, "
 LINES = "line_protocol: {path: '-'}\n"

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from exporter import catalogue as cat
-from exporter.poller import MAX_SLOW_PER_POLL, Poller, PollSettings, Target, spread
+from exporter.catalogue import table as cat
+from exporter.device.poller import MAX_SLOW_PER_POLL, Poller, PollSettings, Target, spread
 from exporter.reading import Reading
 from exporter.simulator.server import DeviceSpec, SimulatedFleet
 

@@ -21,11 +21,11 @@ import yarl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter.addresses import TargetError, parse_target
 from exporter.app import Exporter
-from exporter.config import ConfigError, parse_config
+from exporter.config.addresses import TargetError, parse_target
+from exporter.config.schema import ConfigError, parse_config
 from exporter.simulator.server import DeviceSpec, SimulatedFleet
-from exporter.web import ProbePolicy
+from exporter.web.server import ProbePolicy
 
 from .conftest import free_port
 

@@ -18,9 +18,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter import catalogue as cat
-from exporter.normalise import extract, normalise_reply
-from exporter.prometheus import (
+from exporter.catalogue import table as cat
+from exporter.device.normalise import extract, normalise_reply
+from exporter.outputs.prometheus import (
     Exposition,
     escape,
     format_value,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from exporter.prometheus import Exposition
+from exporter.outputs.prometheus import Exposition
 from exporter.simulator.server import DeviceSpec
 
 from .conftest import ExporterFactory, FleetFactory, fetch, fleet_config

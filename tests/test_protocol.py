@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from exporter.protocol import MAX_REPLY_BYTES, DeviceClient, MethodUnknown, PollError
+from exporter.device.client import MAX_REPLY_BYTES, DeviceClient, MethodUnknown, PollError
 
 CHARGER_INFO = {"charger_state": "C", "instant_power": 1179.57, "currents": [5.468, 0, 0]}
 BOUND = 5.0  # no test may wait longer than this for a reply

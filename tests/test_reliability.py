@@ -46,10 +46,10 @@ import aiohttp
 import pytest
 import yaml
 
-from exporter import catalogue as cat
-from exporter.poller import DevicePoller, DeviceState, PollSettings, Target
-from exporter.protocol import DeviceClient
-from exporter.selfmetrics import SelfMetrics
+from exporter.catalogue import table as cat
+from exporter.catalogue.selfmetrics import SelfMetrics
+from exporter.device.client import DeviceClient
+from exporter.device.poller import DevicePoller, DeviceState, PollSettings, Target
 from exporter.simulator.server import DeviceSpec
 
 from .conftest import FleetFactory

@@ -32,7 +32,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.app import Exporter
-from exporter.config import parse_config
+from exporter.config.schema import parse_config
 from exporter.simulator.server import DeviceSpec
 
 from .conftest import ExporterFactory, FleetFactory, fetch, fleet_config, override_replies
@@ -656,7 +656,7 @@ async def test_device_strings_cannot_inject_markup_or_series(
 async def test_influxdb_error_that_echoes_the_token_does_not_put_it_in_the_log(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from exporter.influx_writer import InfluxWriter
+    from exporter.outputs.influx.writer import InfluxWriter
     from exporter.reading import Reading, Sample
 
     token = "influxtok-" + secrets.token_hex(12)

@@ -23,8 +23,9 @@ import aiohttp
 import bcrypt
 import pytest
 
-from exporter.config import Config, parse_config
-from exporter.healthcheck import (
+from exporter.config.schema import Config, parse_config
+from exporter.simulator.server import DeviceSpec
+from exporter.web.healthcheck import (
     CERT_ENV,
     KEY_ENV,
     PASSWORD_ENV,
@@ -32,8 +33,7 @@ from exporter.healthcheck import (
     check,
     health_url,
 )
-from exporter.simulator.server import DeviceSpec
-from exporter.webconfig import (
+from exporter.web.webconfig import (
     REALM,
     WebConfigError,
     WebSettings,

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from .config import Config
-from .influx_writer import InfluxWriter
-from .lineproto_file import LineProtocolFile
-from .reading import Reading
-from .selfmetrics import SelfMetrics
+from exporter.catalogue.selfmetrics import SelfMetrics
+from exporter.config.schema import Config
+from exporter.outputs.influx.writer import InfluxWriter
+from exporter.outputs.lineproto_file import LineProtocolFile
+from exporter.reading import Reading
 
 
 class Output(Protocol):

@@ -32,7 +32,8 @@ from pydantic import (
     model_validator,
 )
 
-from .addresses import (
+from exporter.catalogue.table import RESERVED_LABELS
+from exporter.config.addresses import (
     HOSTNAME,
     Endpoint,
     check_hostname,
@@ -40,8 +41,7 @@ from .addresses import (
     parse_url,
     split_host_port,
 )
-from .catalogue import RESERVED_LABELS
-from .config_loader import (
+from exporter.config.loader import (
     ConfigError,
     ConfigFileError,
     ConfigSyntaxError,

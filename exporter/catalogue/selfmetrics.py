@@ -10,8 +10,8 @@ import platform
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
-from . import __version__
-from . import catalogue as cat
+from exporter import __version__
+from exporter.catalogue import table as cat
 
 
 class SelfMetrics:

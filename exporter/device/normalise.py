@@ -17,10 +17,10 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from . import catalogue as cat
-from .catalogue import Group, Metric, Model
-from .protocol import PollError
-from .reading import Labels, Sample
+from exporter.catalogue import table as cat
+from exporter.catalogue.table import Group, Metric, Model
+from exporter.device.client import PollError
+from exporter.reading import Labels, Sample
 
 Replies = Mapping[str, Mapping[str, Any]]
 KEY_ALIASES = {"state_machine_e_activated": "state_e_activated"}

@@ -26,9 +26,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 
-from . import catalogue as cat
-from .catalogue import Kind
-from .reading import Labels, Reading
+from exporter.catalogue import table as cat
+from exporter.catalogue.table import Kind
+from exporter.reading import Labels, Reading
 
 PRECISION_FACTOR: Mapping[str, int] = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
 FIELD_TYPES = frozenset({"float", "int", "bool", "string"})

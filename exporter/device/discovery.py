@@ -21,11 +21,11 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
-from .catalogue import MODELS, model_from_device_id
-from .config import DiscoveryConfig
-from .poller import Target
+from exporter.catalogue.table import MODELS, model_from_device_id
+from exporter.config.addresses import Endpoint, check_hostname, parse_endpoint
+from exporter.config.schema import DiscoveryConfig
+from exporter.device.poller import Target
 
 if TYPE_CHECKING:
     from zeroconf import ServiceStateChange, Zeroconf
@@ -66,8 +66,7 @@ def parse_identity(instance: str, device_id: str | None) -> tuple[str, str | Non
 
 def _address(base_url: str) -> str:
     """Host and port of a target URL, for comparing a discovered device with configured ones."""
-    parts = urlsplit(base_url)
-    return f"{(parts.hostname or '').lower()}:{parts.port}"
+    return parse_endpoint(base_url).address
 
 
 def merge(static: Sequence[Target], discovered: Iterable[Target]) -> list[Target]:
@@ -210,7 +209,7 @@ class Discovery:
         port = self.config.port_override or info.port
         target = Target(
             name=device_name(serial),
-            base_url=f"http://{addresses[0]}:{port}",
+            base_url=Endpoint("http", check_hostname(addresses[0]), port).base_url,
             labels=tuple(sorted(self.config.labels.items())),
             model=model,
         )

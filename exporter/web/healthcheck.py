@@ -26,8 +26,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 
-from .config import Config
-from .webconfig import WebConfigError, WebSettings, load_web_config
+from exporter.config.addresses import Endpoint
+from exporter.config.schema import Config
+from exporter.web.webconfig import WebConfigError, WebSettings, load_web_config
 
 USER_ENV = "LEKTRICO_HEALTHCHECK_USER"
 PASSWORD_ENV = "LEKTRICO_HEALTHCHECK_PASSWORD"
@@ -49,9 +50,8 @@ def address(config: Config) -> tuple[str, int]:
 
 def health_url(config: Config, settings: WebSettings) -> str:
     host, port = address(config)
-    shown = f"[{host}]" if ":" in host else host
     scheme = "https" if settings.tls is not None else "http"
-    return f"{scheme}://{shown}:{port}/-/healthy"
+    return f"{Endpoint(scheme, host, port).base_url}/-/healthy"
 
 
 def check(

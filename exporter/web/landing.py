@@ -7,8 +7,8 @@ import time
 from collections.abc import Iterable
 from urllib.parse import quote
 
-from . import __version__
-from .poller import DeviceState
+from exporter import __version__
+from exporter.device.poller import DeviceState
 
 STYLE = (
     "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"

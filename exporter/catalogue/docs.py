@@ -1,10 +1,10 @@
-"""Generates docs/metrics.md from the catalogue: `python -m exporter.docs > docs/metrics.md`."""
+"""Renders docs/metrics.md from the catalogue (`make docs`)."""
 
 from __future__ import annotations
 
 import sys
 
-from . import catalogue as cat
+from exporter.catalogue import table as cat
 
 
 def _source(metric: cat.Metric) -> str:
@@ -33,7 +33,7 @@ def render() -> str:
     out = [
         "# Metrics reference",
         "",
-        "Generated from `exporter/catalogue.py` by `make docs`; do not edit by hand.",
+        "Generated from `exporter/catalogue/table.py` by `make docs`; do not edit by hand.",
         "Every device series also carries `device` and the device's configured labels.",
         "",
         "| name | type | labels | unit | devices | source | InfluxDB |",

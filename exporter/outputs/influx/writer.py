@@ -33,11 +33,11 @@ from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
 from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
 
-from .config import InfluxConfig
-from .influx import Serializer
-from .influx_spool import Chunk, Spool
-from .reading import Reading
-from .selfmetrics import SelfMetrics
+from exporter.catalogue.selfmetrics import SelfMetrics
+from exporter.config.schema import InfluxConfig
+from exporter.outputs.influx.lines import Serializer
+from exporter.outputs.influx.spool import Chunk, Spool
+from exporter.reading import Reading
 
 log = logging.getLogger("lektrico.influx")
 RETRY_BASE = 0.5  # first retry delay, seconds

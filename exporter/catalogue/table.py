@@ -208,7 +208,7 @@ class Influx:
     one field per label value, named `field` + value (error flags, config flags, limits): that
     keeps one point per poll. Info metrics with `label_as_field` write each label as a string
     field named `field` + label name. Statesets are written as one string field holding the
-    current state. Counters are "int". The serializer is exporter/influx.py.
+    current state. Counters are "int". The serializer is exporter/outputs/influx/lines.py.
     """
 
     measurement: str

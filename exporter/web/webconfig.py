@@ -44,7 +44,7 @@ import bcrypt
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
-from .config_loader import ConfigError, LineMap, Loc, line_of, load_yaml, read_text
+from exporter.config.loader import ConfigError, LineMap, Loc, line_of, load_yaml, read_text
 
 log = logging.getLogger("lektrico.webconfig")
 

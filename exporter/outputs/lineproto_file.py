@@ -14,9 +14,9 @@ import sys
 import time
 from typing import BinaryIO
 
-from .config import LineProtocolConfig
-from .influx import Serializer
-from .reading import Reading
+from exporter.config.schema import LineProtocolConfig
+from exporter.outputs.influx.lines import Serializer
+from exporter.reading import Reading
 
 log = logging.getLogger("lektrico.lineproto")
 REOPEN_CHECK = 1.0  # seconds between checks that the file is still the one at `path`

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from aiohttp import payload, web
 from aiohttp.abc import AbstractStreamWriter
 
-from . import landing
-from .addresses import (
+from exporter.catalogue.selfmetrics import SelfMetrics
+from exporter.config.addresses import (
     Endpoint,
     Network,
     ProbeTarget,
@@ -20,9 +20,9 @@ from .addresses import (
     parse_target,
     resolve_host,
 )
-from .poller import Poller
-from .prometheus import CONTENT_TYPE, Exposition, render_probe
-from .selfmetrics import SelfMetrics
+from exporter.device.poller import Poller
+from exporter.outputs.prometheus import CONTENT_TYPE, Exposition, render_probe
+from exporter.web import landing
 
 log = logging.getLogger("lektrico.web")
 PROBE_MARGIN = 0.5  # seconds kept from Prometheus's scrape timeout for the answer itself

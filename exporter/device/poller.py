@@ -32,9 +32,11 @@ from typing import Any
 
 import aiohttp
 
-from . import catalogue as cat
-from .catalogue import Cadence, Model
-from .normalise import (
+from exporter.catalogue import table as cat
+from exporter.catalogue.selfmetrics import SelfMetrics
+from exporter.catalogue.table import Cadence, Model
+from exporter.device.client import DeviceClient, MethodUnknown, PollError
+from exporter.device.normalise import (
     Memo,
     check_main_reply,
     extract,
@@ -43,9 +45,7 @@ from .normalise import (
     normalise_reply,
     to_number,
 )
-from .protocol import DeviceClient, MethodUnknown, PollError
-from .reading import Labels, Reading, Sample
-from .selfmetrics import SelfMetrics
+from exporter.reading import Labels, Reading, Sample
 
 log = logging.getLogger("lektrico.poller")
 Sink = Callable[[Reading], None]

@@ -23,9 +23,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import groupby
 
-from . import catalogue as cat
-from .catalogue import Group
-from .reading import Labels, Reading, Sample
+from exporter.catalogue import table as cat
+from exporter.catalogue.table import Group
+from exporter.reading import Labels, Reading, Sample
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 HEADERS: dict[str, bytes] = {
