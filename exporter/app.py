@@ -21,6 +21,7 @@ from exporter.device.poller import Poller, PollSettings, Sink, Target
 from exporter.outputs import build_outputs
 from exporter.outputs.prometheus import Exposition
 from exporter.web.server import ProbePolicy, Web
+from exporter.web.status import StatusBoard
 from exporter.web.webconfig import load_web_config, middlewares, ssl_context
 
 log = logging.getLogger("lektrico.app")
@@ -89,9 +90,16 @@ class Exporter:
 
     def __post_init__(self) -> None:
         self.outputs = build_outputs(self.config, self.metrics)
-        sinks = [self.exposition.publish, *(o.publish for o in self.outputs), *self.extra_sinks]
+        self.status = StatusBoard()
+        sinks = [
+            self.exposition.publish,
+            self.status.publish,
+            *(o.publish for o in self.outputs),
+            *self.extra_sinks,
+        ]
         self.poller = Poller(settings_of(self.config), sinks, self.metrics)
         self.poller.on_remove(self.exposition.remove)
+        self.poller.on_remove(self.status.remove)
         self.web = Web(
             self.poller,
             self.exposition,
@@ -99,6 +107,8 @@ class Exporter:
             policy_of(self.config),
             self.config.poll.timeout,
             reload=self.reload,
+            status=self.status,
+            grafana_url=self.config.grafana.url if self.config.grafana else None,
         )
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -148,6 +158,7 @@ class Exporter:
         self.poller.set_targets(self.targets(config))
         self.web.policy = policy_of(config)
         self.web.probe_timeout = config.poll.timeout
+        self.web.grafana_url = config.grafana.url if config.grafana else None
 
     async def reload(self) -> str | None:
         """Re-read the config file; None when applied, else the one-line reason it was not."""

@@ -4,6 +4,7 @@ set -euo pipefail
 declare -A pkg_of=(
   [prometheus]=prometheus [promtool]=prometheus
   [victoria-metrics]=victoria-metrics [influxd]=influxdb [openssl]=openssl [systemd-analyze]=systemd
+  [chromium]=chromium [chromedriver]=chromium-driver
 )
 missing=()
 for bin in "${!pkg_of[@]}"; do

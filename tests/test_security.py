@@ -1,7 +1,7 @@
 """Security: secrets stay secret, devices cannot send the exporter elsewhere, and the HTTP port
 keeps serving through slow, half-open and oversized requests (issue 7, item 4).
 
-`/probe` refusing targets outside the allow-list and the landing page escaping device strings
+`/probe` refusing targets outside the allow-list and the device page escaping device strings
 are proven in tests/test_web.py; broken configs in tests/test_cli.py.
 """
 
@@ -607,9 +607,9 @@ INJECTED_ERROR = "<script>alert('error')</script>"
 async def test_device_strings_cannot_inject_markup_or_series(
     make_fleet: FleetFactory, make_exporter: ExporterFactory
 ) -> None:
-    # tests/test_web.py covers an alias on the landing page; here the SSID (a label of
+    # tests/test_web.py covers an alias on the device page; here the SSID (a label of
     # lektrico_wifi_info) tries to forge a series, and a device's own error message (shown as
-    # "last error" on the landing page) carries markup.
+    # "last error" on its device page) carries markup.
     promtool = require_binary("/usr/bin/promtool")
     fleet = await make_fleet(
         [DeviceSpec("c1", "1p7k", ssid=INJECTED_SSID, alias=INJECTED_ALIAS), DeviceSpec("c2")],
@@ -626,7 +626,7 @@ async def test_device_strings_cannot_inject_markup_or_series(
             break
         assert time.monotonic() < deadline
         await asyncio.sleep(0.1)
-    _, page = await fetch(base + "/")
+    page = (await fetch(base + "/device/c1"))[1] + (await fetch(base + "/device/c2"))[1]
     _, probe = await fetch(base + "/probe?target=c1")
 
     for body in (metrics, probe):

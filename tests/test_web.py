@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
 import time
 
 import aiohttp
@@ -160,7 +161,7 @@ async def test_concurrent_probes_share_one_poll(
     assert [c.rpc_method for c in fleet.calls[before:]] == ["Charger_info.Get"]
 
 
-async def test_landing_page_escapes_device_strings(
+async def test_device_page_escapes_device_strings(
     make_fleet: FleetFactory, make_exporter: ExporterFactory
 ) -> None:
     fleet = await make_fleet([DeviceSpec("c1", "1p7k")], frozen=True)
@@ -168,11 +169,43 @@ async def test_landing_page_escapes_device_strings(
     exp = await make_exporter(fleet_config(fleet))
     base = f"http://127.0.0.1:{exp.port}"
     await wait_all_up(base, 1)
-    status, page = await fetch(base + "/")
+    status, page = await fetch(base + "/device/c1")
     assert status == 200
     assert "<script>" not in page
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
-    assert 'href="/probe?target=c1"' in page and ">up<" in page
+    assert 'href="/probe?target=c1"' in page
+    status, api = await fetch(base + "/api/devices")
+    row = json.loads(api)["devices"][0]
+    assert row["alias"] == '<script>alert("x")</script>' and row["status"] == "up"
+    assert (await fetch(base + "/device/nope"))[0] == 404
+
+
+async def test_api_devices_filters_sorts_and_pages(
+    make_fleet: FleetFactory, make_exporter: ExporterFactory
+) -> None:
+    fleet = await make_fleet([DeviceSpec(f"c{i}", "1p7k") for i in range(5)], frozen=True)
+    exp = await make_exporter(fleet_config(fleet, site="lab"))
+    base = f"http://127.0.0.1:{exp.port}"
+    await wait_all_up(base, 5)
+
+    async def names(query: str) -> list[str]:
+        status, text = await fetch(f"{base}/api/devices?{query}")
+        assert status == 200, text
+        return [d["name"] for d in json.loads(text)["devices"]]
+
+    assert await names("") == ["c0", "c1", "c2", "c3", "c4"]
+    assert await names("sort=name&order=desc&limit=2") == ["c4", "c3"]
+    assert await names("limit=2&offset=2") == ["c2", "c3"]
+    assert await names("q=C3") == ["c3"]
+    assert await names("status=down") == []
+    assert await names("label=site:lab&limit=1") == ["c0"]
+    assert await names("label=site:elsewhere") == []
+    for bad in ("sort=secret", "limit=0", "limit=100000", "offset=-1", "label=nocolon", "status=x"):
+        status, text = await fetch(f"{base}/api/devices?{bad}")
+        assert status == 400 and "error" in json.loads(text), bad
+    summary = json.loads((await fetch(f"{base}/api/devices"))[1])["summary"]
+    assert summary["configured"] == summary["up"] == 5
+    assert summary["by_label"]["site"]["lab"]["up"] == 5
 
 
 async def test_health_and_readiness(

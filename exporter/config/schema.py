@@ -471,6 +471,16 @@ class LogConfig(_Section):
 _DEFAULTED_SECTIONS = ("devices", "device_files", "poll", "probe", "web", "discovery", "log")
 
 
+class GrafanaConfig(_Section):
+    url: str
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        parse_url(url.strip(), what="url")
+        return url.strip()
+
+
 class Config(_Section):
     listen: str = "0.0.0.0:9654"
     devices: list[DeviceConfig] = []
@@ -483,6 +493,7 @@ class Config(_Section):
     shard: ShardConfig | None = None
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    grafana: GrafanaConfig | None = None
 
     @property
     def listen_host(self) -> str:

@@ -1,15 +1,17 @@
-"""The exporter's HTTP endpoints: /metrics, /probe, the landing page and health checks."""
+"""The exporter's HTTP endpoints: /metrics, /probe, the status page, its API and health checks."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from aiohttp import payload, web
 from aiohttp.abc import AbstractStreamWriter
 
+from exporter import __version__
 from exporter.catalogue.selfmetrics import SelfMetrics
 from exporter.config.addresses import (
     Endpoint,
@@ -22,7 +24,8 @@ from exporter.config.addresses import (
 )
 from exporter.device.poller import Poller
 from exporter.outputs.prometheus import CONTENT_TYPE, Exposition, render_probe
-from exporter.web import landing
+from exporter.web import pages
+from exporter.web.status import Query, StatusBoard, select, summary
 
 log = logging.getLogger("lektrico.web")
 PROBE_MARGIN = 0.5  # seconds kept from Prometheus's scrape timeout for the answer itself
@@ -65,7 +68,11 @@ class Web:
         policy: ProbePolicy,
         probe_timeout: float,
         reload: Callable[[], Awaitable[str | None]] | None = None,
+        status: StatusBoard | None = None,
+        grafana_url: str | None = None,
     ) -> None:
+        self.status = status if status is not None else StatusBoard()
+        self.grafana_url = grafana_url
         self.poller = poller
         self.exposition = exposition
         self.metrics = metrics
@@ -73,6 +80,7 @@ class Web:
         self.probe_timeout = probe_timeout
         self.ready = False
         self.idle_timeout = IDLE_TIMEOUT
+        self._assets: dict[str, bytes] = {}
         self._reload = reload
 
     def app(self) -> web.Application:
@@ -80,6 +88,9 @@ class Web:
             client_max_size=64 * 1024, handler_args={"keepalive_timeout": self.idle_timeout}
         )
         app.router.add_get("/", self.index)
+        app.router.add_get("/static/{name}", self.static)
+        app.router.add_get("/api/devices", self.api_devices)
+        app.router.add_get("/device/{name}", self.device_page)
         app.router.add_get("/metrics", self.metrics_handler)
         app.router.add_get("/probe", self.probe)
         app.router.add_get("/-/healthy", self.healthy)
@@ -90,8 +101,51 @@ class Web:
         return app
 
     async def index(self, request: web.Request) -> web.Response:
-        page = landing.render(self.poller.devices.values()).encode()
-        return web.Response(body=Parts(page, content_type="text/html; charset=utf-8"))
+        return await self._asset("status.html")
+
+    async def static(self, request: web.Request) -> web.Response:
+        return await self._asset(request.match_info["name"])
+
+    async def _asset(self, name: str) -> web.Response:
+        if name not in pages.ASSETS:
+            raise web.HTTPNotFound()
+        if name not in self._assets:
+            self._assets[name] = pages.asset(name)
+        return web.Response(
+            body=self._assets[name],
+            content_type=pages.ASSETS[name].split(";")[0],
+            charset="utf-8",
+            headers=pages.SECURITY_HEADERS,
+        )
+
+    async def api_devices(self, request: web.Request) -> web.Response:
+        """The status page's data: fleet summary and one page of filtered, sorted devices."""
+        try:
+            query = Query.parse(request.query, request.query.getall("label", []))
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        rows = self.status.rows(self.poller.devices.values())
+        total, page = select(rows, query)
+        body = {
+            "version": __version__,
+            "now": time.time(),
+            "summary": summary(rows),
+            "total": total,
+            "offset": query.offset,
+            "limit": query.limit,
+            "devices": [{k: v for k, v in row.items() if k[0] != "_"} for row in page],
+        }
+        return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+    async def device_page(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        dev = self.poller.devices.get(name)
+        if dev is None:
+            raise web.HTTPNotFound(text="no such device\n")
+        page = pages.device_page(dev, self.status.devices.get(name), self.grafana_url, time.time())
+        return web.Response(
+            text=page, content_type="text/html", charset="utf-8", headers=pages.SECURITY_HEADERS
+        )
 
     async def healthy(self, request: web.Request) -> web.Response:
         return web.Response(text="Healthy\n")

@@ -1,0 +1,397 @@
+"""What the status page shows: a row per device, kept up to date from the readings.
+
+`StatusBoard` is an output like the others: it hears every reading (`publish`) and every removed
+device (`remove`), and keeps for each device the few values a person looks at (state in words,
+power, session energy, temperature, signal), when it last answered, since when it has been down,
+and its last failures. A row is built once per reading, so `/api/devices` at 10,000 devices only
+filters, sorts and slices prepared rows.
+
+Everything here is data; `exporter.web.server` turns it into JSON and HTML (escaped there: device
+strings are untrusted).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from exporter.catalogue import table as cat
+from exporter.device.poller import DeviceState
+from exporter.reading import Labels, Reading
+
+MAX_FAILURES = 20
+MAX_PAGE = 500
+
+STATE_WORDS: Mapping[str, str] = {
+    "A": "Available (no car)",
+    "B": "Car connected",
+    "B_AUTH": "Waiting for authorisation",
+    "B_PAUSE": "Paused",
+    "B_SCHEDULER": "Paused by schedule",
+    "C": "Charging",
+    "D": "Charging (ventilation)",
+    "E": "Error: no power to the car (state E)",
+    "F": "Error: charger fault (state F)",
+    "OTA": "Updating firmware",
+    "LOCKED": "Locked",
+}
+CHARGING = frozenset({"C", "D"})
+
+ERROR_WORDS: Mapping[str, str] = {
+    "state_e_activated": "no power to the car (state E)",
+    "overtemp": "overtemperature",
+    "critical_temp": "critical temperature",
+    "overcurrent": "overcurrent",
+    "meter_fault": "meter fault",
+    "voltage_error": "voltage out of range",
+    "rcd_error": "residual current detected (RCD)",
+    "rcd_test_error": "RCD self-test failed",
+    "rcd_err_pin_error": "RCD error pin",
+    "rcd_err6_pin_error": "RCD 6 mA error pin",
+    "rcd_init_start_error": "RCD start-up failed",
+    "rcd_init_end_error": "RCD start-up did not finish",
+    "state_f_activated": "charger fault (state F)",
+    "contactor_failure": "contactor failure",
+    "cp_diode_failure": "control-pilot diode failure (check the cable and the car)",
+    "undervoltage_error": "undervoltage",
+    "overvoltage_error": "overvoltage",
+    "state_machine_na_error": "state machine error",
+}
+
+LIMIT_WORDS: Mapping[str, str] = {
+    "hardware": "the charger's hardware maximum",
+    "install": "the installation current set by the installer",
+    "user": "the user's current setting",
+    "dynamic": "dynamic load management",
+    "schedule": "the charging schedule",
+    "em_offline": "the energy meter being offline (safe current)",
+    "em": "the energy meter's load balancing",
+    "ocpp": "the OCPP back end",
+    "temperature": "temperature derating",
+    "phase_switching": "phase switching in progress",
+    "single_phase_disabled": "single-phase charging being disabled",
+    "unknown": "a reason this exporter does not know",
+}
+
+# Why a poll failed (the poller's reasons), said for people, with what to check.
+REASON_HINTS: Mapping[str, tuple[str, str]] = {
+    "timeout": ("No answer in time", "is it powered and on the network? raise poll.timeout?"),
+    "connect": ("Cannot connect", "check the address and port, and that the device is on"),
+    "http": ("HTTP error", "check the address; a 401 means a wrong username or password"),
+    "json": ("Not a device reply", "something else answers at this address (a router page?)"),
+    "rpc": ("The device refused the request", "its firmware may not support this method"),
+    "schema": ("Unexpected reply", "the firmware may be newer than this exporter knows"),
+}
+
+
+def explain(reason: str | None, message: str | None) -> str:
+    """A failure in plain words, with what to check."""
+    if reason is None:
+        return ""
+    words, hint = REASON_HINTS.get(reason, (reason, ""))
+    text = message or ""
+    if reason == "http" and "401" in text:
+        words, hint = "Wrong or missing credentials (HTTP 401)", "check username and password"
+    elif reason == "connect" and "refused" in text.lower():
+        words = "Connection refused"
+        hint = "the address answers but nothing listens on that port: check the port"
+    return f"{words}: {hint}" if hint else words
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    time: float
+    reason: str
+    message: str
+
+
+@dataclass(slots=True)
+class DeviceStatus:
+    """What the page knows of one device, from its readings."""
+
+    name: str
+    labels: Labels = ()
+    reading: Reading | None = None
+    row: dict[str, Any] = field(default_factory=dict)
+    last_success: float | None = None
+    down_since: float | None = None
+    failures: deque[Failure] = field(default_factory=lambda: deque(maxlen=MAX_FAILURES))
+
+
+class StatusBoard:
+    """Per-device status for the page and `/api/devices`; an output of the poller."""
+
+    def __init__(self) -> None:
+        self.devices: dict[str, DeviceStatus] = {}
+
+    # ---- output interface ----------------------------------------------------------------
+
+    def publish(self, reading: Reading) -> None:
+        st = self.devices.get(reading.device)
+        if st is None:
+            st = self.devices[reading.device] = DeviceStatus(reading.device)
+        st.labels = reading.user_labels
+        if reading.up:
+            st.last_success = reading.time
+            st.down_since = None
+        else:
+            if st.down_since is None:
+                st.down_since = reading.time
+            st.failures.append(
+                Failure(reading.time, reading.reason or "unknown", (reading.error or "")[:300])
+            )
+        st.reading = reading
+        st.row = summarise(reading, st)
+
+    def rows(self, devices: Iterable[DeviceState]) -> list[dict[str, Any]]:
+        """The row of every configured device, in the poller's order; pending ones too."""
+        out = []
+        for dev in devices:
+            st = self.devices.get(dev.name)
+            if st is None or not st.row:
+                st = self.devices[dev.name] = DeviceStatus(dev.name, dev.target.labels)
+                st.row = pending_row(dev.name, dev.target.labels, dev.target.model)
+            row = st.row
+            if "host" not in row:  # once per reading, not per request
+                row["host"] = dev.target.base_url.split("://", 1)[-1]
+            out.append(row)
+        return out
+
+    def remove(self, device: str) -> None:
+        self.devices.pop(device, None)
+
+    async def start(self) -> None:
+        """Nothing to open: the board lives in memory."""
+
+    async def close(self) -> None:
+        self.devices.clear()
+
+
+def summarise(reading: Reading, st: DeviceStatus) -> dict[str, Any]:
+    """The row of one device: only what the table shows, in display units."""
+    info: dict[str, str] = {}
+    state = None
+    power = meter_power = None
+    session_j = temperature = rssi = None
+    active: list[str] = []
+    for s in reading.samples:
+        m = s.metric
+        if m == "lektrico_device_info":
+            info = dict(s.labels)
+        elif m == "lektrico_charger_state":
+            if s.value == 1:
+                state = s.labels[0][1]
+        elif m == "lektrico_power_watts":
+            power = s.value
+        elif m == "lektrico_meter_power_watts":
+            meter_power = (meter_power or 0.0) + s.value
+        elif m == "lektrico_session_energy_joules":
+            session_j = s.value
+        elif m == "lektrico_temperature_celsius":
+            temperature = s.value
+        elif m == "lektrico_wifi_signal_dbm":
+            rssi = s.value
+        elif m == "lektrico_error_active" and s.value == 1:
+            active.append(s.labels[0][1])
+    if power is None:
+        power = meter_power
+    kwh = None if session_j is None else round(session_j / cat.KWH, 3)
+    if not reading.up:
+        words = "Down"
+    elif active:
+        words = "Error: " + ", ".join(ERROR_WORDS.get(e, e) for e in active)
+    elif state is not None:
+        words = STATE_WORDS.get(state, f"State {state}")
+    else:
+        words = "Up"
+    return {
+        "name": reading.device,
+        "labels": dict(reading.user_labels),
+        "model": info.get("model") or reading.model,
+        "firmware": info.get("fw_version", ""),
+        "alias": info.get("alias", ""),
+        "status": "up" if reading.up else "down",
+        "state": state,
+        "state_text": words,
+        "charging": state in CHARGING if reading.up else False,
+        "power_w": power if reading.up else None,
+        "session_kwh": kwh if reading.up else None,
+        "temperature_c": temperature if reading.up else None,
+        "wifi_dbm": rssi if reading.up else None,
+        "active_errors": active,
+        "last_poll": reading.time,
+        "last_success": st.last_success,
+        "down_since": st.down_since,
+        "error": reading.error or "" if not reading.up else "",
+        "error_text": explain(reading.reason, reading.error) if not reading.up else "",
+    }
+
+
+def pending_row(name: str, labels: Labels, model: str | None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "labels": dict(labels),
+        "model": model or "unknown",
+        "firmware": "",
+        "alias": "",
+        "status": "pending",
+        "state": None,
+        "state_text": "Not polled yet",
+        "charging": False,
+        "power_w": None,
+        "session_kwh": None,
+        "temperature_c": None,
+        "wifi_dbm": None,
+        "active_errors": [],
+        "last_poll": None,
+        "last_success": None,
+        "down_since": None,
+        "error": "",
+        "error_text": "",
+    }
+
+
+SORTABLE = (
+    "name",
+    "model",
+    "firmware",
+    "host",
+    "status",
+    "state_text",
+    "power_w",
+    "session_kwh",
+    "temperature_c",
+    "wifi_dbm",
+    "last_success",
+    "down_since",
+    "error_text",
+)
+
+
+@dataclass(frozen=True)
+class Query:
+    """What `/api/devices` was asked: filters, order and page."""
+
+    text: str = ""
+    labels: tuple[tuple[str, str], ...] = ()
+    state: str = ""  # a state code (C, A, ...), "charging" or "error"
+    status: str = ""  # up, down, pending
+    sort: str = "name"
+    descending: bool = False
+    offset: int = 0
+    limit: int = 100
+
+    @classmethod
+    def parse(cls, params: Mapping[str, str], label_params: Sequence[str]) -> Query:
+        """From query parameters; ValueError names the parameter that is wrong."""
+        labels = []
+        for item in label_params:
+            key, sep, value = item.partition(":")
+            if not sep or not key:
+                raise ValueError("label must be NAME:VALUE")
+            labels.append((key, value))
+        sort = params.get("sort", "name")
+        if sort not in SORTABLE:
+            raise ValueError(f"sort must be one of {', '.join(SORTABLE)}")
+        status = params.get("status", "")
+        if status not in ("", "up", "down", "pending"):
+            raise ValueError("status must be up, down or pending")
+        try:
+            offset = int(params.get("offset", "0"))
+            limit = int(params.get("limit", "100"))
+        except ValueError:
+            raise ValueError("offset and limit must be integers") from None
+        if offset < 0 or not 1 <= limit <= MAX_PAGE:
+            raise ValueError(f"offset must be >= 0 and limit 1-{MAX_PAGE}")
+        return cls(
+            text=params.get("q", "")[:200].lower(),
+            labels=tuple(labels[:10]),
+            state=params.get("state", "")[:32],
+            status=status,
+            sort=sort,
+            descending=params.get("order", "asc") == "desc",
+            offset=offset,
+            limit=limit,
+        )
+
+
+def _matches(row: dict[str, Any], q: Query) -> bool:
+    if q.status and row["status"] != q.status:
+        return False
+    if q.state:
+        if q.state == "charging":
+            if not row["charging"]:
+                return False
+        elif q.state == "error":
+            if not row["active_errors"]:
+                return False
+        elif row["state"] != q.state:
+            return False
+    labels = row["labels"]
+    for key, value in q.labels:
+        if labels.get(key) != value:
+            return False
+    if q.text:
+        hay = row.get("_text")
+        if hay is None:
+            hay = row["_text"] = " ".join(
+                str(v)
+                for v in (
+                    row["name"],
+                    row["model"],
+                    row["firmware"],
+                    row["alias"],
+                    row["host"],
+                    row["state_text"],
+                    row["error_text"],
+                    *labels.values(),
+                )
+            ).lower()
+        if q.text not in hay:
+            return False
+    return True
+
+
+def _sort_key(column: str) -> Any:
+    def key(row: Mapping[str, Any]) -> tuple[int, Any]:
+        value = row[column]
+        if value is None:
+            return (1, 0)  # empty cells last, in either order
+        return (0, value.lower() if isinstance(value, str) else value)
+
+    return key
+
+
+def summary(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Fleet counts, and the same per value of every label."""
+    total = {"configured": 0, "up": 0, "down": 0, "pending": 0, "charging": 0, "power_w": 0.0}
+    per_label: dict[str, dict[str, dict[str, float]]] = {}
+
+    def add(bucket: dict[str, float], row: Mapping[str, Any]) -> None:
+        bucket["configured"] += 1
+        bucket[row["status"]] += 1
+        if row["charging"]:
+            bucket["charging"] += 1
+        if row["power_w"] is not None and row["model"] not in ("em", "3em"):
+            bucket["power_w"] += row["power_w"]
+
+    for row in rows:
+        add(total, row)
+        for key, value in row["labels"].items():
+            values = per_label.setdefault(key, {})
+            if value not in values:
+                values[value] = {k: 0 for k in total}
+                values[value]["power_w"] = 0.0
+            add(values[value], row)
+    return {**total, "by_label": per_label}
+
+
+def select(rows: list[dict[str, Any]], q: Query) -> tuple[int, list[dict[str, Any]]]:
+    """The rows matching `q`, sorted, and the page asked for; with the total that matched."""
+    found = [r for r in rows if _matches(r, q)]
+    found.sort(key=_sort_key(q.sort), reverse=q.descending)
+    if q.descending:  # keep empty cells last
+        found.sort(key=lambda r: r[q.sort] is None)
+    return len(found), found[q.offset : q.offset + q.limit]
