@@ -256,7 +256,8 @@ def load_yaml(
         loader.dispose()
     if root is None:
         raise ConfigValueError("file is empty, expected a mapping of settings", file=source)
-    written, expanded = _count_values(root)
+    # An alias needs an anchor, `&name`: without a `&` anywhere there is nothing to count.
+    written, expanded = _count_values(root) if "&" in text else (0, 0)
     if expanded - written > MAX_ALIAS_VALUES:
         message = (
             f"aliases expand to more than {MAX_ALIAS_VALUES:,} values;"
@@ -283,19 +284,20 @@ class _Loader(_SafeLoader):  # type: ignore[valid-type,misc]
 def _children(node: Node) -> list[Node]:
     if isinstance(node, SequenceNode):
         return list(node.value)
-    if isinstance(node, MappingNode):
-        return [part for pair in node.value for part in pair]
-    return []
+    return [part for pair in node.value for part in pair]
 
 
 def _count_values(root: Node) -> tuple[int, int]:
     """Values in a composed document as written, and once every alias is expanded.
 
     Aliases share one node, so this counts in time proportional to the document as written,
-    without building anything; a cycle (an alias inside its own anchor) counts once and is
-    reported by the builder.
+    without building anything. Scalars count one each; a cycle (an alias inside its own anchor)
+    counts once and is reported by the builder.
     """
+    if isinstance(root, ScalarNode):
+        return 1, 1
     expanded: dict[int, int] = {}
+    written = 1
     open_nodes: set[int] = set()
     stack: list[tuple[Node, bool]] = [(root, False)]
     while stack:
@@ -303,12 +305,17 @@ def _count_values(root: Node) -> tuple[int, int]:
         key = id(node)
         if children_done:
             open_nodes.discard(key)
-            expanded[key] = 1 + sum(expanded.get(id(c), 1) for c in _children(node))
+            total = 1
+            for child in _children(node):
+                total += 1 if isinstance(child, ScalarNode) else expanded.get(id(child), 1)
+            expanded[key] = total
         elif key not in expanded and key not in open_nodes:
             open_nodes.add(key)
             stack.append((node, True))
-            stack.extend((child, False) for child in _children(node))
-    return len(expanded), expanded[id(root)]
+            children = _children(node)
+            written += len(children)
+            stack.extend((c, False) for c in children if not isinstance(c, ScalarNode))
+    return written, expanded[id(root)]
 
 
 def _syntax_error(exc: yaml.MarkedYAMLError, text: str, source: str) -> ConfigSyntaxError:
