@@ -46,6 +46,7 @@ from .config_loader import (
     FileTooLargeError,
     Loc,
     NotRegularFileError,
+    check_regular,
     describe_kind,
     parse_settings,
     read_bounded,
@@ -260,8 +261,14 @@ def _existing_file(path: str | None, info: ValidationInfo) -> str | None:
     if path is None:
         return None
     resolved = _resolve(path, info)
-    if not resolved.is_file():
-        raise ValueError(f"file {path} not found")
+    try:
+        check_regular(resolved.stat().st_mode)
+    except NotRegularFileError as exc:  # a FIFO would block whoever reads it later
+        raise ValueError(f"{path} is {exc.kind}, not a file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a directory, not a file") from None
+    except OSError:
+        raise ValueError(f"file {path} not found") from None
     return str(resolved)
 
 

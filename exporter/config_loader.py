@@ -195,16 +195,17 @@ def read_bounded(path: Path, limit: int) -> bytes:
     file, which O_NONBLOCK keeps from waiting for a FIFO's writer if it was swapped in between;
     the read stops after `limit` bytes whatever the size claims, as /proc and growing files lie.
     """
-    _check_regular(os.stat(path).st_mode)
+    check_regular(os.stat(path).st_mode)
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        _check_regular(os.fstat(fd).st_mode)
+        check_regular(os.fstat(fd).st_mode)
         return _read_at_most(fd, limit)
     finally:
         os.close(fd)
 
 
-def _check_regular(mode: int) -> None:
+def check_regular(mode: int) -> None:
+    """Raise IsADirectoryError or NotRegularFileError unless `mode` is a regular file's."""
     if stat.S_ISDIR(mode):
         raise IsADirectoryError(errno.EISDIR, "Is a directory")
     if not stat.S_ISREG(mode):

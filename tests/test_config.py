@@ -623,8 +623,12 @@ def _device_secret(value: str) -> str:
             _device_secret("!file pipe"),
             "devices[0].password: pipe is a FIFO (named pipe), not a regular file (line 5)",
         ),
+        (
+            "web: {config_file: pipe}\n",
+            "web.config_file: pipe is a FIFO (named pipe), not a file (line 1)",
+        ),
     ],
-    ids=["config", "device_file", "token_file", "file_tag"],
+    ids=["config", "device_file", "token_file", "file_tag", "web_config_file"],
 )
 def test_a_fifo_is_one_line_error_without_blocking(
     tmp_path: Path, fifo: Path, config: str | None, expected: str
