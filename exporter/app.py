@@ -14,7 +14,7 @@ from aiohttp import web
 
 from exporter.catalogue.selfmetrics import SelfMetrics
 from exporter.config.loader import expand_pattern
-from exporter.config.schema import Config, ConfigError, DeviceConfig, load_config
+from exporter.config.schema import Config, ConfigError, DeviceConfig, DeviceFileMemory, load_config
 from exporter.device import sharding
 from exporter.device.discovery import Discovery, DiscoveryError, merge
 from exporter.device.poller import Poller, PollSettings, Sink, Target
@@ -113,6 +113,8 @@ class Exporter:
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._reload_lock = asyncio.Lock()
+        # What each device file last gave: a reload keeps a bad file's devices (see reload).
+        self._device_files = DeviceFileMemory()
         self.port = 0
         self.discovery: Discovery | None = None
         self._discovered: list[Target] = []
@@ -166,10 +168,12 @@ class Exporter:
             return "no config file to reload"
         async with self._reload_lock:
             try:
-                config = load_config(self.config_path)
+                config = load_config(self.config_path, device_files=self._device_files)
             except ConfigError as exc:
                 log.error("reload rejected, keeping the running config: %s", exc)
                 return str(exc)
+            for problem in self._device_files.problems:
+                log.error("device file not loaded, keeping its last good devices: %s", problem)
             restart_discovery = config.discovery != self.config.discovery
             self.apply(config)
             if restart_discovery:
@@ -201,6 +205,9 @@ class Exporter:
         if self.config_path is not None:
             base = Path(self.config_path).parent
             seen = device_files_signature(self.config, base)
+            if self.config.device_files:  # what each file gives now, in case it goes bad later
+                with contextlib.suppress(ConfigError):
+                    load_config(self.config_path, device_files=self._device_files)
             self._tasks.append(asyncio.create_task(self._watch_device_files(base, seen)))
         self.web.ready = True
         log.info(
@@ -218,7 +225,10 @@ class Exporter:
             if now != seen:
                 seen = now
                 log.info("device files changed, reloading")
-                await self.reload()
+                try:
+                    await self.reload()
+                except Exception as exc:  # a bad file must not end the watching
+                    log.error("reload after a device file change failed: %r", exc)
 
     async def stop(self) -> None:
         self.web.ready = False

@@ -7,13 +7,23 @@ point at (in the file the error names).
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+import os
 import re
+import threading
+import time
+import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
 import pytest
 from pydantic import BaseModel
 
+from exporter.app import Exporter
+from exporter.cli import main
 from exporter.config.schema import (
     Config,
     ConfigError,
@@ -26,6 +36,9 @@ from exporter.config.schema import (
     parse_config,
     parse_duration,
 )
+from exporter.simulator.server import DeviceSpec
+
+from .conftest import FleetFactory, free_port
 
 ROOT = Path(__file__).parent.parent
 CONFIGS = Path(__file__).parent / "configs"
@@ -519,3 +532,387 @@ def test_good_config_loads(path: Path) -> None:
     config = load_config(path, environ=SECRETS)
 
     assert isinstance(config, Config)
+
+
+# ---- hostile input: special files, huge files, alias bombs ----------------------------------
+
+BAD = CONFIGS / "bad"
+
+
+def _bounded(call: Callable[[], object], unblock: Path | None = None, seconds: float = 5.0) -> str:
+    """The one-line ConfigError `call` raises, failing if it takes longer than `seconds`.
+
+    Runs in a thread so that old code blocking on a FIFO fails the test instead of hanging it;
+    `unblock` (the FIFO) is then opened for writing, which lets a blocked reader finish.
+    """
+    outcome: list[BaseException | object] = []
+
+    def target() -> None:
+        try:
+            outcome.append(call())
+        except BaseException as exc:  # handed to the test below
+            outcome.append(exc)
+
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        if unblock is not None:
+            os.close(os.open(unblock, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(seconds)
+        pytest.fail(f"still reading after {seconds} s")
+    (result,) = outcome
+    assert isinstance(result, ConfigError), f"expected a ConfigError, got {result!r}"
+    message = str(result)
+    assert "\n" not in message
+    return message
+
+
+def test_alias_bomb_is_refused_at_once_in_little_memory() -> None:
+    path = BAD / "yaml_alias_bomb.yaml"
+    assert path.stat().st_size < 600
+    tracemalloc.start()
+    try:
+        started = time.perf_counter()
+        message = _bounded(lambda: load_config(path, environ={}))
+        elapsed = time.perf_counter() - started
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    assert message == f"{path}: aliases expand to more than 250,000 values;" + (
+        " write the values out or use fewer nested aliases"
+    )
+    assert elapsed < 0.2
+    assert peak < 5 * 1024 * 1024
+
+
+def test_aliases_a_real_fleet_uses_are_accepted() -> None:
+    # Two thousand devices merging one device's settings: about 20,000 values from aliases.
+    first = "  - &defaults {name: d, host: h, labels: {site: home, rack: r1}, timeout: 3s}\n"
+    rest = "".join(f"  - {{<<: *defaults, name: d{i}}}\n" for i in range(2000))
+
+    config = parse_config("devices:\n" + first + rest, environ={})
+
+    assert len(config.devices) == 2001
+    assert config.devices[-1].labels == {"site": "home", "rack": "r1"}
+
+
+@pytest.fixture
+def fifo(tmp_path: Path) -> Path:
+    path = tmp_path / "pipe"
+    os.mkfifo(path)
+    return path
+
+
+def _influx(token_file: str) -> str:
+    return f"influxdb:\n  url: http://influxdb:8086\n  bucket: b\n  token_file: {token_file}\n"
+
+
+def _device_secret(value: str) -> str:
+    return f"devices:\n  - name: d\n    host: h\n    username: admin\n    password: {value}\n"
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        (None, "{fifo}: is a FIFO (named pipe), not a regular file"),
+        ("device_files: [pipe]\n", "{fifo}: is a FIFO (named pipe), not a regular file"),
+        (_influx("pipe"), "influxdb.token_file: pipe is a FIFO (named pipe), not a file (line 4)"),
+        (
+            _device_secret("!file pipe"),
+            "devices[0].password: pipe is a FIFO (named pipe), not a regular file (line 5)",
+        ),
+        (
+            "web: {config_file: pipe}\n",
+            "web.config_file: pipe is a FIFO (named pipe), not a file (line 1)",
+        ),
+    ],
+    ids=["config", "device_file", "token_file", "file_tag", "web_config_file"],
+)
+def test_a_fifo_is_one_line_error_without_blocking(
+    tmp_path: Path, fifo: Path, config: str | None, expected: str
+) -> None:
+    path = fifo
+    if config is not None:
+        path = tmp_path / "config.yml"
+        path.write_text(config)
+
+    message = _bounded(lambda: load_config(path, environ={}), unblock=fifo)
+
+    assert message == expected.format(fifo=fifo)
+
+
+def _huge(path: Path, size: int) -> Path:
+    line = "# " + "x" * 1021 + "\n"
+    path.write_text("devices: []\n" + line * (size // len(line) + 1))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("config", "name", "size", "expected"),
+    [
+        (None, "config.yml", 5 << 20, "{huge}: file is larger than the limit of 4 MiB"),
+        (
+            "device_files: [huge.yml]\n",
+            "huge.yml",
+            5 << 20,
+            "{huge}: file is larger than the limit of 4 MiB",
+        ),
+        (
+            _influx("huge"),
+            "huge",
+            100 << 10,
+            "influxdb.token_file: huge is larger than the limit of 64 KiB (line 4)",
+        ),
+        (
+            _device_secret("!file huge"),
+            "huge",
+            100 << 10,
+            "devices[0].password: file huge is larger than the limit of 64 KiB (line 5)",
+        ),
+    ],
+    ids=["config", "device_file", "token_file", "file_tag"],
+)
+def test_a_huge_file_is_refused_after_a_bounded_read(
+    tmp_path: Path, config: str | None, name: str, size: int, expected: str
+) -> None:
+    huge = _huge(tmp_path / name, size)
+    path = huge if config is None else tmp_path / "config.yml"
+    if config is not None:
+        path.write_text(config)
+
+    assert _bounded(lambda: load_config(path, environ={})) == expected.format(huge=huge)
+
+
+def test_dev_zero_as_the_config_file_is_refused_without_reading() -> None:
+    assert _bounded(lambda: load_config("/dev/zero", environ={})) == (
+        "/dev/zero: is a character device, not a regular file"
+    )
+
+
+def test_check_config_refuses_a_fifo_with_one_line(
+    fifo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = _bounded_exit(lambda: main(["--config", str(fifo), "--check-config"]), fifo)
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert (
+        err
+        == f"lektrico-exporter: config error: {fifo}: is a FIFO (named pipe), not a regular file\n"
+    )
+
+
+def _bounded_exit(call: Callable[[], int], fifo: Path) -> int:
+    codes: list[int] = []
+    worker = threading.Thread(target=lambda: codes.append(call()), daemon=True)
+    worker.start()
+    worker.join(5)
+    if worker.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(5)
+        pytest.fail("--check-config still reading after 5 s")
+    return codes[0]
+
+
+# ---- secrets and edge cases -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("password", ["h€llo-hunter2", "パスワード-hunter2", "hunter2-\U0001f511"])
+def test_password_that_is_not_latin1_is_refused_without_echo(password: str) -> None:
+    message = error_of(_device_secret(f"'{password}'").replace("name: d", "name: garage"))
+
+    assert message == (
+        "devices[0].password: password of device 'garage' has a character that HTTP Basic"
+        " authentication cannot send (only Latin-1 text) (line 5)"
+    )
+    assert "hunter2" not in message
+    assert not any(ch in message for ch in password if ord(ch) > 0xFF)
+
+
+def test_latin1_password_is_accepted() -> None:
+    config = parse_config(_device_secret("'pässwörd'"), environ={})
+
+    assert config.devices[0].password is not None
+    assert config.devices[0].password.get_secret_value() == "pässwörd"
+
+
+@pytest.mark.parametrize(
+    ("value", "environ", "expected"),
+    [
+        ("${DEVICE_PW}", {"DEVICE_PW": ""}, "environment variable DEVICE_PW is empty"),
+        ("!env DEVICE_PW", {"DEVICE_PW": ""}, "environment variable DEVICE_PW is empty"),
+        (
+            "${DEVICE_PW:-}",
+            {},
+            "environment variable DEVICE_PW is not set and its default is empty",
+        ),
+    ],
+)
+def test_empty_secret_from_the_environment_is_refused(
+    value: str, environ: dict[str, str], expected: str
+) -> None:
+    message = error_of(_device_secret(value), environ=environ)
+
+    assert message == f"devices[0].password: {expected}; a password must not be empty (line 5)"
+
+
+def test_empty_influx_token_from_the_environment_is_refused() -> None:
+    text = "influxdb:\n  url: http://influx:8086\n  bucket: b\n  token: ${INFLUX_TOKEN}\n"
+
+    message = error_of(text, environ={"INFLUX_TOKEN": ""})
+
+    assert message == (
+        "influxdb.token: environment variable INFLUX_TOKEN is empty;"
+        " a token must not be empty (line 4)"
+    )
+
+
+def test_check_config_refuses_an_empty_secret_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LEKTRICO_TEST_DEVICE_PW", "")
+    path = tmp_path / "config.yml"
+    path.write_text(_device_secret("${LEKTRICO_TEST_DEVICE_PW}"))
+
+    assert main(["--config", str(path), "--check-config"]) == 2
+    assert capsys.readouterr().err == (
+        "lektrico-exporter: config error: devices[0].password: environment variable"
+        " LEKTRICO_TEST_DEVICE_PW is empty; a password must not be empty (line 5)\n"
+    )
+
+
+def test_poll_interval_of_100ms_is_the_floor() -> None:
+    config = parse_config("poll: {interval: 100ms, timeout: 50ms}\n", environ={})
+
+    assert config.poll.interval == pytest.approx(0.1)
+    assert error_of("poll: {interval: 99ms, timeout: 50ms}\n") == (
+        "poll.interval: must be at least 100ms, got 99ms (line 1)"
+    )
+
+
+def test_names_that_differ_only_in_a_rewritten_backslash_are_refused() -> None:
+    text = (
+        "devices:\n"
+        "  - {name: 'carport\\', host: a}\n"
+        "  - {name: 'garage', host: b}\n"
+        "  - {name: 'carport/', host: c}\n"
+    )
+
+    assert error_of(text) == (
+        'devices[2].name: "carport/" is the same InfluxDB tag as "carport\\",'
+        " the name of devices[0] on line 2 (line 4)"
+    )
+
+
+def test_label_value_colliding_with_a_discovery_label_is_refused() -> None:
+    text = (
+        "discovery: {labels: {site: 'a\\,b'}}\n"
+        "devices:\n  - {name: d, host: h, labels: {site: 'a/,b'}}\n"
+    )
+
+    assert error_of(text) == (
+        'discovery.labels.site: "a\\,b" is the same InfluxDB tag as "a/,b"'
+        " of devices[0].labels.site on line 3 (line 1)"
+    )
+
+
+def test_names_and_values_that_escape_apart_are_accepted() -> None:
+    text = (
+        "devices:\n"
+        "  - {name: 'a\\b', host: a, labels: {site: 'x y'}}\n"
+        "  - {name: 'a/b', host: b, labels: {site: 'x,y'}}\n"
+        "  - {name: 'a b', host: c, labels: {site: 'x y'}}\n"
+    )
+
+    assert [d.name for d in parse_config(text, environ={}).devices] == ["a\\b", "a/b", "a b"]
+
+
+# ---- the device-file watcher of a running exporter ------------------------------------------
+
+
+async def _until(check: Callable[[], bool], seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_watcher_skips_bad_device_files_and_keeps_watching(
+    tmp_path: Path, make_fleet: FleetFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    fleet = await make_fleet([DeviceSpec(n, "1p7k", seed=i) for i, n in enumerate("abc")])
+    fleet_d = tmp_path / "fleet.d"
+    fleet_d.mkdir()
+
+    def device_file(name: str, device: str, host: str | None = None) -> None:
+        entry = {"name": device, "host": host or fleet.host(device)}
+        (fleet_d / name).write_text(json.dumps({"devices": [entry]}))
+
+    device_file("one.yml", "a")
+    path = tmp_path / "config.yml"
+    path.write_text(
+        f"listen: '127.0.0.1:{free_port()}'\ndevice_files: ['fleet.d/*.yml']\n"
+        "poll: {interval: 500ms, timeout: 300ms}\n"
+    )
+    exp = Exporter(load_config(path), config_path=str(path), watch_interval=0.1)
+    await exp.start()
+
+    def logged(name: str) -> list[str]:
+        return [r.getMessage() for r in caplog.records if f"{fleet_d / name}: " in r.getMessage()]
+
+    try:
+        with caplog.at_level(logging.INFO, logger="lektrico"):
+            bomb = (BAD / "device_files" / "alias-bomb.yaml").read_text()
+            started = time.monotonic()
+            (fleet_d / "bomb.yml").write_text(bomb)
+            os.mkfifo(fleet_d / "pipe.yml")
+            await _until(lambda: bool(logged("bomb.yml") and logged("pipe.yml")))
+            assert time.monotonic() - started < 2
+            assert logged("bomb.yml")[0] == (
+                "device file not loaded, keeping its last good devices: "
+                f"{fleet_d / 'bomb.yml'}: aliases expand to more than 250,000 values;"
+                " write the values out or use fewer nested aliases"
+            )
+            assert "is a FIFO (named pipe), not a regular file" in logged("pipe.yml")[0]
+            assert set(exp.poller.devices) == {"a"}
+
+            device_file("two.yml", "b")  # added later, beside the bad files: still loaded
+            await _until(lambda: set(exp.poller.devices) == {"a", "b"})
+
+            device_file("one.yml", "a", host="10.0.0.1:70000")  # goes bad: keeps device a
+            await _until(lambda: bool(logged("one.yml")))
+            assert "port 70000 is out of range" in logged("one.yml")[0]
+            device_file("three.yml", "c")
+            await _until(lambda: set(exp.poller.devices) == {"a", "b", "c"})
+            assert exp.poller.devices["a"].target.base_url == fleet.url("a")
+    finally:
+        await exp.stop()
+
+
+async def test_reload_refuses_an_alias_bomb_in_the_config_at_once(
+    tmp_path: Path, make_fleet: FleetFactory
+) -> None:
+    fleet = await make_fleet([DeviceSpec("a", "1p7k")])
+    path = tmp_path / "config.yml"
+    path.write_text(
+        f"listen: '127.0.0.1:{free_port()}'\n"
+        f"devices: [{{name: a, host: '{fleet.host('a')}'}}]\n"
+        "poll: {interval: 500ms, timeout: 300ms}\n"
+    )
+    exp = Exporter(load_config(path), config_path=str(path))
+    await exp.start()
+    try:
+        path.write_text((BAD / "yaml_alias_bomb.yaml").read_text())
+        started = time.monotonic()
+
+        reason = await exp.reload()
+
+        assert time.monotonic() - started < 0.5
+        assert reason == f"{path}: aliases expand to more than 250,000 values;" + (
+            " write the values out or use fewer nested aliases"
+        )
+        assert set(exp.poller.devices) == {"a"}
+    finally:
+        await exp.stop()

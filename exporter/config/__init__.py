@@ -1,5 +1,6 @@
 """Configuration: the typed schema (`schema`), YAML loading with its one-line errors
 (`loader`), and the one parser of hosts, ports, URLs and /probe targets (`addresses`).
 
-May import: `exporter.catalogue` (for reserved label names). Never the poller, outputs or web.
+May import: `exporter.catalogue` (reserved label names) and `exporter.outputs.influx.lines` (its tag
+escaping, to refuse names that would collide in InfluxDB). Never the poller, writers or web.
 """

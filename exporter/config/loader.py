@@ -7,18 +7,24 @@ problem with a configuration is one `ConfigError` whose text is a single line,
 
 PyYAML keeps the last of two equal keys without a word; a pasted device block would then
 silently replace another, so duplicate keys are errors here.
+
+Every file is read with a bounded read after checking it is a regular file, so a FIFO, a device
+such as /dev/zero or a huge file is one error line, not a hang; and a document's aliases may
+repeat only so many values, so a few hundred bytes of nested aliases cannot take the memory.
 """
 
 from __future__ import annotations
 
 import datetime
 import difflib
+import errno
 import glob
 import os
 import re
+import stat
 import types
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, Union, get_args, get_origin
 
@@ -35,6 +41,19 @@ _ENV_REF = re.compile(
     r"\$\$\{|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}|\$\{"
 )
 _STR_TAG = "tag:yaml.org,2002:str"
+# A 10,000-device file is about 1 MiB; the rest is room for comments.
+MAX_FILE_BYTES = 4 * 1024 * 1024
+# What `!file` and `token_file` read is a secret of a few dozen bytes.
+MAX_SECRET_BYTES = 64 * 1024
+# Values that aliases may add to a document beyond those written out: a `<<: *defaults` merge
+# in each of 10,000 devices adds about 150,000. A few hundred bytes of nested aliases
+# would otherwise expand to a billion values.
+MAX_ALIAS_VALUES = 250_000
+# Settings nest five levels deep at most; the limit keeps building far from Python's recursion
+# limit (libyaml itself stops at 1,000).
+MAX_DEPTH = 32
+# Keys whose value must not come out empty from an environment variable or a file.
+SECRET_KEYS = frozenset({"password", "token"})
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
@@ -104,7 +123,13 @@ def line_of(lines: LineMap, loc: Loc) -> int | None:
 
 
 def read_text(
-    path: Path, *, display: str, key: Loc = (), file: str | None = None, line: int | None = None
+    path: Path,
+    *,
+    display: str,
+    key: Loc = (),
+    file: str | None = None,
+    line: int | None = None,
+    limit: int = MAX_FILE_BYTES,
 ) -> str:
     """Read a UTF-8 file, turning every failure into one ConfigFileError line.
 
@@ -114,11 +139,16 @@ def read_text(
     where: dict[str, Any] = {"key": key, "file": file, "line": line} if key else {"file": display}
     name = f"{display} " if key else ""
     try:
-        data = path.read_bytes()
+        data = read_bounded(path, limit)
     except FileNotFoundError:
         raise ConfigFileError(f"file {name}not found", **where) from None
     except IsADirectoryError:
         raise ConfigFileError(f"{name}is a directory, not a file", **where) from None
+    except NotRegularFileError as exc:
+        raise ConfigFileError(f"{name}is {exc.kind}, not a regular file", **where) from None
+    except FileTooLargeError:
+        message = f"file {name}is larger than the limit of {_size(limit)}"
+        raise ConfigFileError(message, **where) from None
     except OSError as exc:
         raise ConfigFileError(f"cannot read {name}file: {exc.strerror}", **where) from None
     try:
@@ -129,10 +159,79 @@ def read_text(
         raise ConfigFileError(message, **where) from None
 
 
+class NotRegularFileError(OSError):
+    """A FIFO, device or socket where a file was expected: reading it could block or never end."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(f"is {kind}, not a regular file")
+        self.kind = kind
+
+
+class FileTooLargeError(OSError):
+    """A file longer than the limit its reader allows."""
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a file"
+
+
+def _size(limit: int) -> str:
+    return f"{limit // 1024 // 1024} MiB" if limit >= 1024 * 1024 else f"{limit // 1024} KiB"
+
+
+def read_bounded(path: Path, limit: int) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes, without ever blocking.
+
+    Raises IsADirectoryError, NotRegularFileError, FileTooLargeError or another OSError. The
+    type is checked before opening (opening some devices has effects) and again on the open
+    file, which O_NONBLOCK keeps from waiting for a FIFO's writer if it was swapped in between;
+    the read stops after `limit` bytes whatever the size claims, as /proc and growing files lie.
+    """
+    check_regular(os.stat(path).st_mode)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        check_regular(os.fstat(fd).st_mode)
+        return _read_at_most(fd, limit)
+    finally:
+        os.close(fd)
+
+
+def check_regular(mode: int) -> None:
+    """Raise IsADirectoryError or NotRegularFileError unless `mode` is a regular file's."""
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, "Is a directory")
+    if not stat.S_ISREG(mode):
+        raise NotRegularFileError(_kind(mode))
+
+
+def _read_at_most(fd: int, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    total = 0
+    while total <= limit:
+        chunk = os.read(fd, min(1 << 20, limit + 1 - total))
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        total += len(chunk)
+    raise FileTooLargeError(errno.EFBIG, "File too large")
+
+
 def expand_pattern(pattern: str, base_dir: Path) -> list[Path]:
-    """The files a `device_files` pattern names (`**` and `~` allowed), sorted."""
+    """The files a `device_files` pattern names (`**` and `~` allowed), sorted.
+
+    Directories are left out; a FIFO or device is kept, so that reading it names the problem.
+    """
     matches = sorted(glob.glob(os.path.expanduser(pattern), root_dir=base_dir, recursive=True))
-    return [base_dir / m for m in matches if (base_dir / m).is_file()]
+    paths = [base_dir / m for m in matches]
+    return [p for p in paths if p.exists() and not p.is_dir()]
 
 
 def load_yaml(
@@ -158,6 +257,14 @@ def load_yaml(
         loader.dispose()
     if root is None:
         raise ConfigValueError("file is empty, expected a mapping of settings", file=source)
+    # An alias needs an anchor, `&name`: without a `&` anywhere there is nothing to count.
+    written, expanded = _count_values(root) if "&" in text else (0, 0)
+    if expanded - written > MAX_ALIAS_VALUES:
+        message = (
+            f"aliases expand to more than {MAX_ALIAS_VALUES:,} values;"
+            " write the values out or use fewer nested aliases"
+        )
+        raise ConfigSyntaxError(message, file=source)
     builder = _Builder(loader, base_dir=base_dir, environ=environ, file=file, source=source)
     data = builder.build(root, ())
     if not isinstance(data, dict):
@@ -173,6 +280,43 @@ _SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoade
 
 class _Loader(_SafeLoader):  # type: ignore[valid-type,misc]
     """Composes nodes only; `_Builder` turns them into data so it can track key paths."""
+
+
+def _children(node: Node) -> list[Node]:
+    if isinstance(node, SequenceNode):
+        return list(node.value)
+    return [part for pair in node.value for part in pair]
+
+
+def _count_values(root: Node) -> tuple[int, int]:
+    """Values in a composed document as written, and once every alias is expanded.
+
+    Aliases share one node, so this counts in time proportional to the document as written,
+    without building anything. Scalars count one each; a cycle (an alias inside its own anchor)
+    counts once and is reported by the builder.
+    """
+    if isinstance(root, ScalarNode):
+        return 1, 1
+    expanded: dict[int, int] = {}
+    written = 1
+    open_nodes: set[int] = set()
+    stack: list[tuple[Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            open_nodes.discard(key)
+            total = 1
+            for child in _children(node):
+                total += 1 if isinstance(child, ScalarNode) else expanded.get(id(child), 1)
+            expanded[key] = total
+        elif key not in expanded and key not in open_nodes:
+            open_nodes.add(key)
+            stack.append((node, True))
+            children = _children(node)
+            written += len(children)
+            stack.extend((c, False) for c in children if not isinstance(c, ScalarNode))
+    return written, expanded[id(root)]
 
 
 def _syntax_error(exc: yaml.MarkedYAMLError, text: str, source: str) -> ConfigSyntaxError:
@@ -221,6 +365,8 @@ class _Builder:
         return ConfigValueError(message, key=loc, file=file, line=_line(node))
 
     def build(self, node: Node, loc: Loc) -> Any:
+        if len(loc) > MAX_DEPTH:
+            raise self.error(f"values nest deeper than {MAX_DEPTH} levels", loc[:4], node)
         self.lines.setdefault(loc, _line(node))
         if isinstance(node, ScalarNode):
             return self._scalar(node, loc)
@@ -274,12 +420,19 @@ class _Builder:
             name = str(node.value).strip()
             if name not in self._environ:
                 raise self.error(f"environment variable {name} (from !env) is not set", loc, node)
-            return self._environ[name]
+            return self._not_empty(self._environ[name], f"environment variable {name}", loc, node)
         if node.tag == "!file":
             path = self._base_dir / str(node.value).strip()
             display = str(node.value).strip()
-            text = read_text(path, display=display, key=loc, file=self._file, line=_line(node))
-            return text.rstrip("\r\n")
+            text = read_text(
+                path,
+                display=display,
+                key=loc,
+                file=self._file,
+                line=_line(node),
+                limit=MAX_SECRET_BYTES,
+            )
+            return self._not_empty(text.rstrip("\r\n"), f"file {display}", loc, node)
         if node.tag.startswith("!"):
             raise self.error(f"unknown tag {node.tag}; use !env or !file", loc, node)
         try:
@@ -290,13 +443,22 @@ class _Builder:
             return self._substitute(value, loc, node)
         return value
 
+    def _not_empty(self, value: str, origin: str, loc: Loc, node: Node) -> str:
+        # An empty variable or file is a deployment mistake; a device would answer 401 forever.
+        if not value and loc and loc[-1] in SECRET_KEYS:
+            raise self.error(f"{origin} is empty; a {loc[-1]} must not be empty", loc, node)
+        return value
+
     def _substitute(self, value: str, loc: Loc, node: Node) -> str:
+        used: list[str] = []
+
         def replace(match: re.Match[str]) -> str:
             if match.group(0) == "$${":
                 return "${"
             name = match.group("name")
             if name is None:
                 raise self.error("malformed ${...}: write ${NAME} or ${NAME:-default}", loc, node)
+            used.append(name)
             found = self._environ.get(name, "")
             if found:
                 return found
@@ -307,7 +469,11 @@ class _Builder:
                 return found
             raise self.error(f"environment variable {name} is not set", loc, node)
 
-        return _ENV_REF.sub(replace, value)
+        result = _ENV_REF.sub(replace, value)
+        if used:
+            unset = "" if used[0] in self._environ else " is not set and its default"
+            self._not_empty(result, f"environment variable {used[0]}{unset}", loc, node)
+        return result
 
 
 # ---- validation ------------------------------------------------------------------------------
@@ -351,8 +517,29 @@ def describe_kind(value: object) -> str:
 Settings = TypeVar("Settings", bound=BaseModel)
 
 
+@dataclass
+class DeviceFileMemory:
+    """The devices each device file last gave, so that a running exporter's reload survives one
+    bad file.
+
+    With a memory, a device file that cannot be read or holds a bad device keeps the devices it
+    gave last time (none if it never loaded), and its one-line error is put in `problems`
+    instead of failing the whole load; as Prometheus does with file-based discovery. Mistakes
+    in the main configuration, and conflicts between files, still fail the load.
+    """
+
+    good: dict[Path, tuple[_Source, list[Any]]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
 def parse_settings(
-    model: type[Settings], text: str, *, source: str, base_dir: Path, environ: Mapping[str, str]
+    model: type[Settings],
+    text: str,
+    *,
+    source: str,
+    base_dir: Path,
+    environ: Mapping[str, str],
+    memory: DeviceFileMemory | None = None,
 ) -> Settings:
     """Parse and validate the main configuration, merging in the devices of `device_files`.
 
@@ -364,11 +551,14 @@ def parse_settings(
     context = {"base_dir": base_dir}
     settings = _validate(model, data, _Locator(main), context)
     patterns: list[str] = data.get("device_files") or []
+    if memory is not None:
+        memory.problems = []
     if not patterns:
         return settings
     devices: list[Any] = list(data.get("devices") or [])
     origins = [(main, i) for i in range(len(devices))]
     seen: set[Path] = set()
+    good: dict[Path, tuple[_Source, list[Any]]] = {}
     for k, pattern in enumerate(patterns):
         paths = expand_pattern(pattern, base_dir)
         if not paths:
@@ -378,10 +568,25 @@ def parse_settings(
             if path.resolve() in seen:
                 continue
             seen.add(path.resolve())
-            device_source, items = _read_device_file(path, environ)
+            try:
+                device_source, items = _read_device_file(path, environ)
+                if memory is not None:  # alone, so that a bad device is blamed on its file
+                    alone = _Locator(main, [(device_source, i) for i in range(len(items))])
+                    _validate(model, {**data, "devices": items}, alone, context)
+            except ConfigError as exc:
+                if memory is None:
+                    raise
+                memory.problems.append(str(exc))
+                if path not in memory.good:
+                    continue
+                device_source, items = memory.good[path]
+            good[path] = (device_source, items)
             origins.extend((device_source, i) for i in range(len(items)))
             devices.extend(items)
-    return _validate(model, {**data, "devices": devices}, _Locator(main, origins), context)
+    merged = _validate(model, {**data, "devices": devices}, _Locator(main, origins), context)
+    if memory is not None:
+        memory.good = good
+    return merged
 
 
 def _read_device_file(path: Path, environ: Mapping[str, str]) -> tuple[_Source, list[Any]]:

@@ -42,16 +42,23 @@ from exporter.config.addresses import (
     split_host_port,
 )
 from exporter.config.loader import (
+    MAX_SECRET_BYTES,
     ConfigError,
     ConfigFileError,
     ConfigSyntaxError,
     ConfigValueError,
+    DeviceFileMemory,
     FieldProblem,
+    FileTooLargeError,
     Loc,
+    NotRegularFileError,
+    check_regular,
     describe_kind,
     parse_settings,
+    read_bounded,
     read_text,
 )
+from exporter.outputs.influx.lines import escape_key
 
 __all__ = [
     "Config",
@@ -60,6 +67,7 @@ __all__ = [
     "ConfigSyntaxError",
     "ConfigValueError",
     "DeviceConfig",
+    "DeviceFileMemory",
     "DiscoveryConfig",
     "InfluxConfig",
     "LineProtocolConfig",
@@ -154,8 +162,14 @@ def _existing_file(path: str | None, info: ValidationInfo) -> str | None:
     if path is None:
         return None
     resolved = _resolve(path, info)
-    if not resolved.is_file():
-        raise ValueError(f"file {path} not found")
+    try:
+        check_regular(resolved.stat().st_mode)
+    except NotRegularFileError as exc:  # a FIFO would block whoever reads it later
+        raise ValueError(f"{path} is {exc.kind}, not a file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a directory, not a file") from None
+    except OSError:
+        raise ValueError(f"file {path} not found") from None
     return str(resolved)
 
 
@@ -238,8 +252,26 @@ class DeviceConfig(_Section):
         if (self.username is None) != (self.password is None):
             key = "password" if self.password is None else "username"
             raise FieldProblem((key,), "username and password must be given together")
+        if self.username is not None and self.password is not None:
+            # HTTP Basic authentication sends Latin-1; anything else fails every poll. The
+            # message names neither the value nor the character: either may be a secret.
+            secrets = {"username": self.username, "password": self.password.get_secret_value()}
+            for key, value in secrets.items():
+                try:
+                    value.encode("latin-1")
+                except UnicodeEncodeError:
+                    problem = "has a character that HTTP Basic authentication cannot send"
+                    message = f"{key} of device {self.name!r} {problem} (only Latin-1 text)"
+                    raise FieldProblem((key,), message) from None
+            if ":" in self.username:
+                message = f"username of device {self.name!r} must not contain ':'"
+                raise FieldProblem(("username",), f"{message} (HTTP Basic authentication)")
         self._endpoint = parse_endpoint(self.host)
         return self
+
+
+# Under this, a typo such as `15ms` for `15s` would poll each device as fast as it answers.
+MIN_POLL_INTERVAL = 0.1
 
 
 class PollConfig(_Section):
@@ -253,6 +285,9 @@ class PollConfig(_Section):
     @model_validator(mode="after")
     def _check_order(self) -> PollConfig:
         interval = format_duration(self.interval)
+        if self.interval < MIN_POLL_INTERVAL:
+            floor = format_duration(MIN_POLL_INTERVAL)
+            raise FieldProblem(("interval",), f"must be at least {floor}, got {interval}")
         if self.timeout >= self.interval:
             message = f"timeout {format_duration(self.timeout)} must be shorter than interval"
             raise FieldProblem(("timeout",), f"{message} {interval}")
@@ -322,7 +357,14 @@ class InfluxConfig(_Section):
             raise FieldProblem(("token_file",), "set either token or token_file, not both")
         path = _resolve(name, info)
         try:
-            token = path.read_text(encoding="utf-8").strip()
+            token = read_bounded(path, MAX_SECRET_BYTES).decode("utf-8").strip()
+        except FileTooLargeError:
+            message = f"{name} is larger than the limit of {MAX_SECRET_BYTES // 1024} KiB"
+            raise FieldProblem(("token_file",), message) from None
+        except NotRegularFileError as exc:
+            raise FieldProblem(("token_file",), f"{name} is {exc.kind}, not a file") from None
+        except IsADirectoryError:
+            raise FieldProblem(("token_file",), f"{name} is a directory, not a file") from None
         except OSError as exc:
             reason = "not found" if isinstance(exc, FileNotFoundError) else exc.strerror
             raise FieldProblem(("token_file",), f"cannot read {name}: {reason}") from None
@@ -542,14 +584,50 @@ class Config(_Section):
                     f" poll.interval {format_duration(self.poll.interval)}"
                 )
                 raise FieldProblem(("devices", i, "timeout"), message)
+        self._check_influx_tags()
         return self
 
+    def _check_influx_tags(self) -> None:
+        """Refuse names and label values that InfluxDB would not tell apart.
 
-def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
-    """Read, parse and validate a configuration file; raises ConfigError (one line)."""
+        Tag escaping writes an ambiguous backslash as `/`, so `a\\ b` and `a/ b` become one tag:
+        two devices would share a series, or a query by label would match both values.
+        """
+        names: dict[str, int] = {}
+        values: dict[tuple[str, str], tuple[Loc, str]] = {}
+        sources: list[tuple[Loc, dict[str, str]]] = [
+            (("devices", i), d.labels) for i, d in enumerate(self.devices)
+        ]
+        sources.append((("discovery",), self.discovery.labels))
+        for i, device in enumerate(self.devices):
+            j = names.setdefault(escape_key(device.name), i)
+            if j != i:
+                other = self.devices[j].name
+                message = f'"{device.name}" is the same InfluxDB tag as "{other}", the name of'
+                raise FieldProblem(("devices", i, "name"), message, other=("devices", j))
+        for loc, labels in sources:
+            for label, value in labels.items():
+                here: Loc = (*loc, "labels", label)
+                first, first_value = values.setdefault((label, escape_key(value)), (here, value))
+                if first_value != value:
+                    message = f'"{value}" is the same InfluxDB tag as "{first_value}" of'
+                    raise FieldProblem(here, message, other=first)
+
+
+def load_config(
+    path: str | Path,
+    environ: Mapping[str, str] | None = None,
+    *,
+    device_files: DeviceFileMemory | None = None,
+) -> Config:
+    """Read, parse and validate a configuration file; raises ConfigError (one line).
+
+    With `device_files`, a bad device file keeps the devices it last gave (see
+    DeviceFileMemory) and its error is left in `device_files.problems`.
+    """
     path = Path(path)
     text = read_text(path, display=str(path))
-    return parse_config(text, str(path), environ, base_dir=path.parent)
+    return parse_config(text, str(path), environ, base_dir=path.parent, device_files=device_files)
 
 
 def parse_config(
@@ -558,6 +636,7 @@ def parse_config(
     environ: Mapping[str, str] | None = None,
     *,
     base_dir: Path | None = None,
+    device_files: DeviceFileMemory | None = None,
 ) -> Config:
     """Parse configuration YAML; relative paths are taken from `base_dir` (default: cwd)."""
     return parse_settings(
@@ -566,4 +645,5 @@ def parse_config(
         source=source,
         base_dir=Path() if base_dir is None else base_dir,
         environ=os.environ if environ is None else environ,
+        memory=device_files,
     )

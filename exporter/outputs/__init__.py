@@ -8,13 +8,13 @@ InfluxDB-only user needs no scraper.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from exporter.catalogue.selfmetrics import SelfMetrics
-from exporter.config.schema import Config
-from exporter.outputs.influx.writer import InfluxWriter
-from exporter.outputs.lineproto_file import LineProtocolFile
 from exporter.reading import Reading
+
+if TYPE_CHECKING:
+    from exporter.catalogue.selfmetrics import SelfMetrics
+    from exporter.config.schema import Config
 
 
 class Output(Protocol):
@@ -29,11 +29,16 @@ class Output(Protocol):
 
 
 def build_outputs(config: Config, metrics: SelfMetrics) -> list[Output]:
+    # Imported only when configured: the InfluxDB client alone weighs 16 MB of RSS.
     outputs: list[Output] = []
     prefix = "lektrico"
     if config.influxdb is not None:
+        from exporter.outputs.influx.writer import InfluxWriter
+
         prefix = config.influxdb.measurement_prefix
         outputs.append(InfluxWriter(config.influxdb, metrics))
     if config.line_protocol is not None:
+        from exporter.outputs.lineproto_file import LineProtocolFile
+
         outputs.append(LineProtocolFile(config.line_protocol, prefix))
     return outputs
