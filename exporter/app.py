@@ -13,6 +13,7 @@ import aiohttp
 from aiohttp import web
 
 from exporter.catalogue.selfmetrics import SelfMetrics
+from exporter.config.addresses import split_host_port
 from exporter.config.loader import expand_pattern
 from exporter.config.schema import Config, ConfigError, DeviceConfig, DeviceFileMemory, load_config
 from exporter.device import sharding
@@ -87,6 +88,8 @@ class Exporter:
     exposition: Exposition = field(default_factory=Exposition)
     extra_sinks: list[Sink] = field(default_factory=list)
     watch_interval: float = 5.0
+    extra_listen: list[str] = field(default_factory=list)  # more addresses than config.listen
+    telemetry_path: str = "/metrics"
 
     def __post_init__(self) -> None:
         self.outputs = build_outputs(self.config, self.metrics)
@@ -108,6 +111,7 @@ class Exporter:
             self.config.poll.timeout,
             reload=self.reload,
             status=self.status,
+            telemetry_path=self.telemetry_path,
             grafana_url=self.config.grafana.url if self.config.grafana else None,
         )
         self._runner: web.AppRunner | None = None
@@ -171,6 +175,7 @@ class Exporter:
                 config = load_config(self.config_path, device_files=self._device_files)
             except ConfigError as exc:
                 log.error("reload rejected, keeping the running config: %s", exc)
+                self.metrics.reload_successful.set(0)
                 return str(exc)
             for problem in self._device_files.problems:
                 log.error("device file not loaded, keeping its last good devices: %s", problem)
@@ -183,6 +188,8 @@ class Exporter:
                 except DiscoveryError as exc:
                     log.error("discovery stopped: %s", exc)
                 self.poller.set_targets(self.targets(config))
+        self.metrics.reload_successful.set(1)
+        self.metrics.reload_success_time.set_to_current_time()
         log.info("config reloaded: %d devices", len(self.poller.devices))
         return None
 
@@ -196,10 +203,14 @@ class Exporter:
         app.middlewares.extend(middlewares(settings))
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        host, port = self.config.listen_host or "0.0.0.0", self.config.listen_port
         tls = ssl_context(settings)
-        site = web.TCPSite(self._runner, host, port, reuse_address=True, ssl_context=tls)
-        await site.start()
+        addresses = [split_host_port(a, None) for a in [self.config.listen, *self.extra_listen]]
+        for host, port in addresses:
+            site = web.TCPSite(
+                self._runner, host or "0.0.0.0", port, reuse_address=True, ssl_context=tls
+            )
+            await site.start()
+        host, port = addresses[0][0] or "0.0.0.0", addresses[0][1]
         self.port = self._runner.addresses[0][1] if self._runner.addresses else port
         self._tasks.append(asyncio.create_task(self.poller.run()))
         if self.config_path is not None:

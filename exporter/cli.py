@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 
 from exporter import __version__, logs
 from exporter.app import Exporter, run_until_signal
-from exporter.config.schema import ConfigError, load_config, parse_config
+from exporter.config.addresses import parse_endpoint
+from exporter.config.schema import Config, ConfigError, load_config, parse_config
 from exporter.device.discovery import DiscoveryError
 from exporter.device.sharding import parse_shard
 from exporter.outputs.influx.spool import SpoolError
@@ -31,9 +32,20 @@ def parser() -> argparse.ArgumentParser:
         description="Prometheus and InfluxDB exporter for Lektri.co chargers and energy meters.",
         epilog=f"`{PROG} simulate --help` runs a simulated fleet of devices.",
     )
-    p.add_argument("--config", "-c", metavar="FILE", help="YAML configuration file")
     p.add_argument(
+        "hosts",
+        nargs="*",
+        metavar="HOST",
+        help="devices to poll (ip[:port] or URL), named by their address; for a start without a"
+        " config file",
+    )
+    p.add_argument(
+        "--config.file", "--config", "-c", dest="config", metavar="FILE", help="YAML config file"
+    )
+    p.add_argument(
+        "--config.check",
         "--check-config",
+        dest="check_config",
         action="store_true",
         help="validate the configuration and exit (status 2 when invalid)",
     )
@@ -51,7 +63,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--shard", metavar="I/N", help="poll only this replica's share of the devices (0 <= I < N)"
     )
-    p.add_argument("--listen", metavar="HOST:PORT", help="override the config's listen address")
+    p.add_argument(
+        "--web.listen-address",
+        "--listen",
+        dest="listen",
+        action="append",
+        metavar="HOST:PORT",
+        help="address to listen on, instead of the config's listen; repeat for several",
+    )
+    p.add_argument(
+        "--web.telemetry-path",
+        dest="telemetry_path",
+        metavar="PATH",
+        default="/metrics",
+        help="path of the whole fleet's metrics (default: /metrics)",
+    )
     p.add_argument(
         "--web.config.file",
         dest="web_config_file",
@@ -64,8 +90,18 @@ def parser() -> argparse.ArgumentParser:
         help="ask the running exporter's /-/healthy on the configured listen address;"
         " exit 0 when it answers, 1 when not (for container health checks)",
     )
-    p.add_argument("--log.level", dest="log_level", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--log.format", dest="log_format", choices=["logfmt", "json"])
+    p.add_argument(
+        "--log.level",
+        dest="log_level",
+        choices=["debug", "info", "warn", "warning", "error"],
+        help="least severe level logged (default: the config's log.level, info)",
+    )
+    p.add_argument(
+        "--log.format",
+        dest="log_format",
+        choices=["logfmt", "json"],
+        help="log line format (default: the config's log.format, logfmt)",
+    )
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     return p
 
@@ -100,6 +136,25 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     return uvloop.run(main)
 
 
+RESERVED_PATHS = frozenset({"/", "/probe", "/sd", "/api/devices", "/-/healthy", "/-/ready"})
+
+
+def with_hosts(config: Config, hosts: Sequence[str]) -> Config:
+    """Devices given as arguments, named by their address, added to the config's."""
+    for host in hosts:
+        try:
+            parse_endpoint(host)
+        except ValueError as exc:
+            raise ConfigError(f"command line: device address {host[:80]!r}: {exc}") from None
+    given = [{"name": host.split("://", 1)[-1].rstrip("/"), "host": host} for host in hosts]
+    extra = parse_config(json.dumps({"devices": given}), "command line").devices
+    taken = {d.name for d in config.devices}
+    for device in extra:
+        if device.name in taken:
+            raise ConfigError(f"command line: device {device.name} is also in the config file")
+    return config.model_copy(update={"devices": [*config.devices, *extra]})
+
+
 def fail_config(exc: ConfigError) -> int:
     print(f"{PROG}: config error: {exc}", file=sys.stderr)
     return 2
@@ -118,9 +173,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(args_list)
     try:
         config = load_config(args.config) if args.config else parse_config("{}")
-        if args.listen:
-            checked = parse_config(json.dumps({"listen": args.listen}), "--listen")
-            config = config.model_copy(update={"listen": checked.listen})
+        if args.hosts:
+            config = with_hosts(config, args.hosts)
+        extra_listen: list[str] = []
+        for i, listen in enumerate(args.listen or ()):
+            checked = parse_config(json.dumps({"listen": listen}), "--web.listen-address")
+            if i == 0:
+                config = config.model_copy(update={"listen": checked.listen})
+            else:
+                extra_listen.append(checked.listen)
+        if not args.telemetry_path.startswith("/") or args.telemetry_path in RESERVED_PATHS:
+            raise ConfigError(
+                f"--web.telemetry-path: {args.telemetry_path!r} must start with / and not be"
+                " one of the exporter's other paths"
+            )
         if args.web_config_file:
             web = config.web.model_copy(update={"config_file": args.web_config_file})
             config = config.model_copy(update={"web": web})
@@ -134,7 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from exporter.web.healthcheck import check
 
         return check(config)
-    logs.setup(args.log_level or config.log.level, args.log_format or config.log.format)
+    level = "warning" if args.log_level == "warn" else args.log_level
+    logs.setup(level or config.log.level, args.log_format or config.log.format)
     try:
         shard = parse_shard(args.shard) if args.shard else None
     except ValueError as exc:
@@ -152,7 +219,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from exporter.demo import run_demo
 
             return run(run_demo(config, args.demo, listen_given=bool(args.listen)))
-        run(run_until_signal(Exporter(config, config_path=args.config, shard=shard)))
+        exporter = Exporter(
+            config,
+            config_path=args.config,
+            shard=shard,
+            extra_listen=extra_listen,
+            telemetry_path=args.telemetry_path,
+        )
+        run(run_until_signal(exporter))
     except SpoolError as exc:  # a spool directory that is locked or not writable
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1

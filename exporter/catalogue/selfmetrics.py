@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import platform
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+)
 
 from exporter import __version__
 from exporter.catalogue import table as cat
@@ -41,6 +49,14 @@ class SelfMetrics:
         self.influx_dropped = counter("lektrico_influxdb_points_dropped_total")
         self.influx_errors = counter("lektrico_influxdb_write_errors_total")
         self.influx_last_success = gauge("lektrico_influxdb_last_write_success_timestamp_seconds")
+        # As Prometheus has them: 1 and the start time until a reload fails.
+        self.reload_successful = gauge("lektrico_config_last_reload_successful")
+        self.reload_success_time = gauge("lektrico_config_last_reload_success_timestamp_seconds")
+        self.reload_successful.set(1)
+        self.reload_success_time.set_to_current_time()
+        # process_* (CPU, memory, fds) and python_* (GC, version), as every client library has.
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            self.registry.register(collector)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

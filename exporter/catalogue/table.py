@@ -854,6 +854,18 @@ EXPORTER_METRICS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
         "Unix time of the last successful write.",
         (),
     ),
+    (
+        "lektrico_config_last_reload_successful",
+        "gauge",
+        "1 when the last configuration reload succeeded (or none was tried), else 0.",
+        (),
+    ),
+    (
+        "lektrico_config_last_reload_success_timestamp_seconds",
+        "gauge",
+        "Unix time of the last successful configuration load (start or reload).",
+        (),
+    ),
 )
 
 BY_NAME: Mapping[str, Metric] = {m.name: m for m in CATALOGUE}

@@ -70,7 +70,9 @@ class Web:
         reload: Callable[[], Awaitable[str | None]] | None = None,
         status: StatusBoard | None = None,
         grafana_url: str | None = None,
+        telemetry_path: str = "/metrics",
     ) -> None:
+        self.telemetry_path = telemetry_path
         self.status = status if status is not None else StatusBoard()
         self.grafana_url = grafana_url
         self.poller = poller
@@ -91,7 +93,7 @@ class Web:
         app.router.add_get("/static/{name}", self.static)
         app.router.add_get("/api/devices", self.api_devices)
         app.router.add_get("/device/{name}", self.device_page)
-        app.router.add_get("/metrics", self.metrics_handler)
+        app.router.add_get(self.telemetry_path, self.metrics_handler)
         app.router.add_get("/probe", self.probe)
         app.router.add_get("/-/healthy", self.healthy)
         app.router.add_get("/-/ready", self.readiness)
