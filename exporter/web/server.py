@@ -25,7 +25,7 @@ from exporter.config.addresses import (
 from exporter.device.poller import Poller
 from exporter.outputs.prometheus import CONTENT_TYPE, Exposition, render_probe
 from exporter.web import pages
-from exporter.web.status import Query, StatusBoard, select, summary
+from exporter.web.status import PUBLIC_FIELDS, Query, StatusBoard
 
 log = logging.getLogger("lektrico.web")
 PROBE_MARGIN = 0.5  # seconds kept from Prometheus's scrape timeout for the answer itself
@@ -126,16 +126,16 @@ class Web:
             query = Query.parse(request.query, request.query.getall("label", []))
         except ValueError as exc:
             return web.json_response({"error": str(exc)}, status=400)
-        rows = self.status.rows(self.poller.devices.values())
-        total, page = select(rows, query)
+        self.status.sync(self.poller.devices)
+        total, page = self.status.page(query)
         body = {
             "version": __version__,
             "now": time.time(),
-            "summary": summary(rows),
+            "summary": self.status.summary(),
             "total": total,
             "offset": query.offset,
             "limit": query.limit,
-            "devices": [{k: v for k, v in row.items() if k[0] != "_"} for row in page],
+            "devices": [{k: row[k] for k in PUBLIC_FIELDS} for row in page],
         }
         return web.json_response(body, headers={"Cache-Control": "no-store"})
 

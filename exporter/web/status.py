@@ -13,8 +13,9 @@ strings are untrusted).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from exporter.catalogue import table as cat
@@ -113,6 +114,7 @@ class DeviceStatus:
 
     name: str
     labels: Labels = ()
+    host: str = ""
     reading: Reading | None = None
     row: dict[str, Any] = field(default_factory=dict)
     last_success: float | None = None
@@ -120,11 +122,23 @@ class DeviceStatus:
     failures: deque[Failure] = field(default_factory=lambda: deque(maxlen=MAX_FAILURES))
 
 
+_STATUS_INDEX = {"up": 1, "down": 2, "pending": 3}
+Group = tuple[str, str] | None  # None: the whole fleet; else (label, value)
+
+
 class StatusBoard:
-    """Per-device status for the page and `/api/devices`; an output of the poller."""
+    """Per-device status for the page and `/api/devices`; an output of the poller.
+
+    Counts per fleet and per label value are kept up to date as readings arrive (a reading
+    takes its device's old row out of them and puts its new one in), so the summary costs
+    nothing per request, and the device names are kept sorted for the default view.
+    """
 
     def __init__(self) -> None:
         self.devices: dict[str, DeviceStatus] = {}
+        self._counts: dict[Group, list[float]] = {}
+        self._by_name: list[str] | None = None
+        self._hostless: set[str] = set()  # published before `sync` told their host
 
     # ---- output interface ----------------------------------------------------------------
 
@@ -132,6 +146,10 @@ class StatusBoard:
         st = self.devices.get(reading.device)
         if st is None:
             st = self.devices[reading.device] = DeviceStatus(reading.device)
+            self._by_name = None
+            self._hostless.add(reading.device)
+        if st.row:
+            self._count(st, -1)
         st.labels = reading.user_labels
         if reading.up:
             st.last_success = reading.time
@@ -144,29 +162,92 @@ class StatusBoard:
             )
         st.reading = reading
         st.row = summarise(reading, st)
-
-    def rows(self, devices: Iterable[DeviceState]) -> list[dict[str, Any]]:
-        """The row of every configured device, in the poller's order; pending ones too."""
-        out = []
-        for dev in devices:
-            st = self.devices.get(dev.name)
-            if st is None or not st.row:
-                st = self.devices[dev.name] = DeviceStatus(dev.name, dev.target.labels)
-                st.row = pending_row(dev.name, dev.target.labels, dev.target.model)
-            row = st.row
-            if "host" not in row:  # once per reading, not per request
-                row["host"] = dev.target.base_url.split("://", 1)[-1]
-            out.append(row)
-        return out
+        self._count(st, 1)
 
     def remove(self, device: str) -> None:
-        self.devices.pop(device, None)
+        st = self.devices.pop(device, None)
+        if st is not None and st.row:
+            self._count(st, -1)
+        self._by_name = None
 
     async def start(self) -> None:
         """Nothing to open: the board lives in memory."""
 
     async def close(self) -> None:
         self.devices.clear()
+        self._counts.clear()
+
+    # ---- what the page asks ----------------------------------------------------------------
+
+    def sync(self, devices: Mapping[str, DeviceState]) -> None:
+        """Know every configured device, those not polled yet as pending, and its host."""
+        new = devices.keys() - self.devices.keys()
+        for name in (*new, *self._hostless):
+            dev = devices.get(name)
+            if dev is None:
+                continue
+            st = self.devices.get(dev.name)
+            if st is None:
+                st = self.devices[dev.name] = DeviceStatus(dev.name, dev.target.labels)
+                self._by_name = None
+            if not st.host:
+                st.host = dev.target.base_url.split("://", 1)[-1]
+                if st.row:
+                    self._count(st, -1)
+                else:
+                    st.row = pending_row(dev.name, dev.target.labels, dev.target.model)
+                st.row["host"] = st.host
+                st.row["search"] += " " + st.host.lower()
+                self._count(st, 1)
+        self._hostless.clear()
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [st.row for st in self.devices.values()]
+
+    def page(self, q: Query) -> tuple[int, list[dict[str, Any]]]:
+        """The rows `q` asks for, and how many matched."""
+        if q.is_default_view():
+            if self._by_name is None:
+                self._by_name = sorted(self.devices, key=str.lower)
+            names = self._by_name[::-1] if q.descending else self._by_name
+            page = names[q.offset : q.offset + q.limit]
+            return len(names), [self.devices[n].row for n in page]
+        return select(self.rows(), q)
+
+    def summary(self) -> dict[str, Any]:
+        """Fleet counts, and the same per value of every label."""
+        by_label: dict[str, dict[str, dict[str, float]]] = {}
+        fleet: dict[str, float] = _bucket(self._counts.get(None))
+        for group, counts in self._counts.items():
+            if group is not None and counts[0] > 0:
+                by_label.setdefault(group[0], {})[group[1]] = _bucket(counts)
+        return {**fleet, "by_label": by_label}
+
+    def _count(self, st: DeviceStatus, sign: int) -> None:
+        row = st.row
+        index = _STATUS_INDEX[row["status"]]
+        charging = 1 if row["charging"] else 0
+        power = row["power_w"] if row["power_w"] is not None and not row["meter"] else 0.0
+        for group in (None, *row["label_items"]):
+            counts = self._counts.get(group)
+            if counts is None:
+                counts = self._counts[group] = [0, 0, 0, 0, 0, 0.0]
+            counts[0] += sign
+            counts[index] += sign
+            counts[4] += sign * charging
+            counts[5] += sign * power
+
+
+def _bucket(counts: list[float] | None) -> dict[str, float]:
+    c = counts or [0, 0, 0, 0, 0, 0.0]
+    return {
+        "configured": int(c[0]),
+        "up": int(c[1]),
+        "down": int(c[2]),
+        "pending": int(c[3]),
+        "charging": int(c[4]),
+        "power_w": round(c[5], 1) if c[0] else 0.0,
+    }
 
 
 def summarise(reading: Reading, st: DeviceStatus) -> dict[str, Any]:
@@ -206,12 +287,22 @@ def summarise(reading: Reading, st: DeviceStatus) -> dict[str, Any]:
         words = STATE_WORDS.get(state, f"State {state}")
     else:
         words = "Up"
+    labels = dict(reading.user_labels)
+    model = info.get("model") or reading.model
+    firmware = info.get("fw_version", "")
+    alias = info.get("alias", "")
+    error_text = explain(reading.reason, reading.error) if not reading.up else ""
+    search = " ".join((reading.device, model, firmware, alias, st.host, words, error_text))
     return {
+        "search": (search + " " + " ".join(labels.values())).lower(),
         "name": reading.device,
-        "labels": dict(reading.user_labels),
-        "model": info.get("model") or reading.model,
-        "firmware": info.get("fw_version", ""),
-        "alias": info.get("alias", ""),
+        "host": st.host,
+        "labels": labels,
+        "label_items": reading.user_labels,
+        "meter": model in ("em", "3em"),
+        "model": model,
+        "firmware": firmware,
+        "alias": alias,
         "status": "up" if reading.up else "down",
         "state": state,
         "state_text": words,
@@ -225,14 +316,17 @@ def summarise(reading: Reading, st: DeviceStatus) -> dict[str, Any]:
         "last_success": st.last_success,
         "down_since": st.down_since,
         "error": reading.error or "" if not reading.up else "",
-        "error_text": explain(reading.reason, reading.error) if not reading.up else "",
+        "error_text": error_text,
     }
 
 
 def pending_row(name: str, labels: Labels, model: str | None) -> dict[str, Any]:
     return {
+        "search": " ".join((name, *dict(labels).values())).lower(),
         "name": name,
         "labels": dict(labels),
+        "label_items": labels,
+        "meter": model in ("em", "3em"),
         "model": model or "unknown",
         "firmware": "",
         "alias": "",
@@ -253,6 +347,32 @@ def pending_row(name: str, labels: Labels, model: str | None) -> dict[str, Any]:
     }
 
 
+# What /api/devices says of a device: stable, documented names (docs/deployment.md).
+PUBLIC_FIELDS = (
+    "name",
+    "host",
+    "labels",
+    "model",
+    "firmware",
+    "alias",
+    "status",
+    "state",
+    "state_text",
+    "charging",
+    "power_w",
+    "session_kwh",
+    "temperature_c",
+    "wifi_dbm",
+    "active_errors",
+    "last_poll",
+    "last_success",
+    "down_since",
+    "error",
+    "error_text",
+)
+TEXT_COLUMNS = frozenset(
+    {"name", "model", "firmware", "host", "status", "state_text", "error_text"}
+)
 SORTABLE = (
     "name",
     "model",
@@ -282,6 +402,10 @@ class Query:
     descending: bool = False
     offset: int = 0
     limit: int = 100
+
+    def is_default_view(self) -> bool:
+        """No filter, sorted by name: answered from the sorted names alone."""
+        return not (self.text or self.labels or self.state or self.status) and self.sort == "name"
 
     @classmethod
     def parse(cls, params: Mapping[str, str], label_params: Sequence[str]) -> Query:
@@ -317,81 +441,27 @@ class Query:
         )
 
 
-def _matches(row: dict[str, Any], q: Query) -> bool:
-    if q.status and row["status"] != q.status:
-        return False
-    if q.state:
-        if q.state == "charging":
-            if not row["charging"]:
-                return False
-        elif q.state == "error":
-            if not row["active_errors"]:
-                return False
-        elif row["state"] != q.state:
-            return False
-    labels = row["labels"]
-    for key, value in q.labels:
-        if labels.get(key) != value:
-            return False
-    if q.text:
-        hay = row.get("_text")
-        if hay is None:
-            hay = row["_text"] = " ".join(
-                str(v)
-                for v in (
-                    row["name"],
-                    row["model"],
-                    row["firmware"],
-                    row["alias"],
-                    row["host"],
-                    row["state_text"],
-                    row["error_text"],
-                    *labels.values(),
-                )
-            ).lower()
-        if q.text not in hay:
-            return False
-    return True
-
-
-def _sort_key(column: str) -> Any:
-    def key(row: Mapping[str, Any]) -> tuple[int, Any]:
-        value = row[column]
-        if value is None:
-            return (1, 0)  # empty cells last, in either order
-        return (0, value.lower() if isinstance(value, str) else value)
-
-    return key
-
-
-def summary(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Fleet counts, and the same per value of every label."""
-    total = {"configured": 0, "up": 0, "down": 0, "pending": 0, "charging": 0, "power_w": 0.0}
-    per_label: dict[str, dict[str, dict[str, float]]] = {}
-
-    def add(bucket: dict[str, float], row: Mapping[str, Any]) -> None:
-        bucket["configured"] += 1
-        bucket[row["status"]] += 1
-        if row["charging"]:
-            bucket["charging"] += 1
-        if row["power_w"] is not None and row["model"] not in ("em", "3em"):
-            bucket["power_w"] += row["power_w"]
-
-    for row in rows:
-        add(total, row)
-        for key, value in row["labels"].items():
-            values = per_label.setdefault(key, {})
-            if value not in values:
-                values[value] = {k: 0 for k in total}
-                values[value]["power_w"] = 0.0
-            add(values[value], row)
-    return {**total, "by_label": per_label}
-
-
 def select(rows: list[dict[str, Any]], q: Query) -> tuple[int, list[dict[str, Any]]]:
-    """The rows matching `q`, sorted, and the page asked for; with the total that matched."""
-    found = [r for r in rows if _matches(r, q)]
-    found.sort(key=_sort_key(q.sort), reverse=q.descending)
-    if q.descending:  # keep empty cells last
-        found.sort(key=lambda r: r[q.sort] is None)
+    """The rows matching `q`, sorted (empty cells last), and the page asked for; with the
+    total that matched. Each filter is one pass of a comprehension: 10,000 rows in a few ms."""
+    if q.status:
+        rows = [r for r in rows if r["status"] == q.status]
+    if q.state == "charging":
+        rows = [r for r in rows if r["charging"]]
+    elif q.state == "error":
+        rows = [r for r in rows if r["active_errors"]]
+    elif q.state:
+        rows = [r for r in rows if r["state"] == q.state]
+    for label, value in q.labels:
+        rows = [r for r in rows if r["labels"].get(label) == value]
+    if q.text:
+        rows = [r for r in rows if q.text in r["search"]]
+    column = q.sort
+    filled = [r for r in rows if r[column] is not None]
+    empty = [r for r in rows if r[column] is None] if len(filled) < len(rows) else []
+    if column in TEXT_COLUMNS:
+        filled.sort(key=lambda r: r[column].lower(), reverse=q.descending)
+    else:
+        filled.sort(key=itemgetter(column), reverse=q.descending)
+    found = filled + empty
     return len(found), found[q.offset : q.offset + q.limit]
