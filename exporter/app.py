@@ -178,7 +178,7 @@ class Exporter:
                 self.metrics.reload_successful.set(0)
                 return str(exc)
             for problem in self._device_files.problems:
-                log.error("device file not loaded, keeping its last good devices: %s", problem)
+                log.error("bad device file: %s", problem)
             restart_discovery = config.discovery != self.config.discovery
             self.apply(config)
             if restart_discovery:

@@ -871,9 +871,9 @@ async def test_watcher_skips_bad_device_files_and_keeps_watching(
             await _until(lambda: bool(logged("bomb.yml") and logged("pipe.yml")))
             assert time.monotonic() - started < 2
             assert logged("bomb.yml")[0] == (
-                "device file not loaded, keeping its last good devices: "
-                f"{fleet_d / 'bomb.yml'}: aliases expand to more than 250,000 values;"
-                " write the values out or use fewer nested aliases"
+                f"bad device file: {fleet_d / 'bomb.yml'}: aliases expand to more than 250,000"
+                " values; write the values out or use fewer nested aliases;"
+                " not loaded, it gave no devices before"
             )
             assert "is a FIFO (named pipe), not a regular file" in logged("pipe.yml")[0]
             assert set(exp.poller.devices) == {"a"}
@@ -884,6 +884,7 @@ async def test_watcher_skips_bad_device_files_and_keeps_watching(
             device_file("one.yml", "a", host="10.0.0.1:70000")  # goes bad: keeps device a
             await _until(lambda: bool(logged("one.yml")))
             assert "port 70000 is out of range" in logged("one.yml")[0]
+            assert logged("one.yml")[0].endswith("; keeping the 1 device it gave before")
             device_file("three.yml", "c")
             await _until(lambda: set(exp.poller.devices) == {"a", "b", "c"})
             assert exp.poller.devices["a"].target.base_url == fleet.url("a")

@@ -523,9 +523,9 @@ class DeviceFileMemory:
     bad file.
 
     With a memory, a device file that cannot be read or holds a bad device keeps the devices it
-    gave last time (none if it never loaded), and its one-line error is put in `problems`
-    instead of failing the whole load; as Prometheus does with file-based discovery. Mistakes
-    in the main configuration, and conflicts between files, still fail the load.
+    gave last time (none if it never loaded), and its one-line error, saying which, is put in
+    `problems` instead of failing the whole load, as Prometheus does with file-based discovery.
+    Mistakes in the main configuration, and conflicts between files, still fail the load.
     """
 
     good: dict[Path, tuple[_Source, list[Any]]] = field(default_factory=dict)
@@ -576,10 +576,12 @@ def parse_settings(
             except ConfigError as exc:
                 if memory is None:
                     raise
-                memory.problems.append(str(exc))
                 if path not in memory.good:
+                    memory.problems.append(f"{exc}; not loaded, it gave no devices before")
                     continue
                 device_source, items = memory.good[path]
+                kept = f"{len(items)} device{'s' if len(items) != 1 else ''}"
+                memory.problems.append(f"{exc}; keeping the {kept} it gave before")
             good[path] = (device_source, items)
             origins.extend((device_source, i) for i in range(len(items)))
             devices.extend(items)
