@@ -174,7 +174,10 @@ class Exporter:
             try:
                 config = load_config(self.config_path, device_files=self._device_files)
             except ConfigError as exc:
-                log.error("reload rejected, keeping the running config: %s", exc)
+                log.error(
+                    "reload rejected, keeping the running config: %s",
+                    "; ".join(str(p) for p in exc.problems()),
+                )
                 self.metrics.reload_successful.set(0)
                 return str(exc)
             for problem in self._device_files.problems:

@@ -156,7 +156,8 @@ def with_hosts(config: Config, hosts: Sequence[str]) -> Config:
 
 
 def fail_config(exc: ConfigError) -> int:
-    print(f"{PROG}: config error: {exc}", file=sys.stderr)
+    for problem in exc.problems():
+        print(f"{PROG}: config error: {problem}", file=sys.stderr)
     return 2
 
 

@@ -12,6 +12,8 @@ import json
 import logging
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
 import tracemalloc
@@ -385,7 +387,7 @@ def test_device_file_matched_twice_is_read_once(tmp_path: Path) -> None:
 
 def test_duplicate_names_across_device_files_name_both_files(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text("devices:\n  - {name: x, host: h}\n")
-    (tmp_path / "b.yaml").write_text("devices:\n  - {name: y, host: h}\n  - {name: x, host: i}\n")
+    (tmp_path / "b.yaml").write_text("devices:\n  - {name: y, host: j}\n  - {name: x, host: i}\n")
     (tmp_path / "config.yml").write_text("device_files: ['*.yaml']\n")
 
     with pytest.raises(ConfigError) as caught:
@@ -590,7 +592,7 @@ def test_alias_bomb_is_refused_at_once_in_little_memory() -> None:
 def test_aliases_a_real_fleet_uses_are_accepted() -> None:
     # Two thousand devices merging one device's settings: about 20,000 values from aliases.
     first = "  - &defaults {name: d, host: h, labels: {site: home, rack: r1}, timeout: 3s}\n"
-    rest = "".join(f"  - {{<<: *defaults, name: d{i}}}\n" for i in range(2000))
+    rest = "".join(f"  - {{<<: *defaults, name: d{i}, host: h{i}}}\n" for i in range(2000))
 
     config = parse_config("devices:\n" + first + rest, environ={})
 
@@ -917,3 +919,32 @@ async def test_reload_refuses_an_alias_bomb_in_the_config_at_once(
         assert set(exp.poller.devices) == {"a"}
     finally:
         await exp.stop()
+
+
+def test_every_problem_of_a_config_is_reported_a_line_each() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(
+            "devices:\n"
+            "  - {name: a, hots: 10.0.0.1}\n"
+            "  - {name: b, host: 10.0.0.2, labels: {site: 3}}\n"
+            "poll: {interval: 5x}\n"
+        )
+    lines = [str(p) for p in caught.value.problems()]
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("devices[0].hots: unknown key; did you mean 'host'?")
+    assert not any("required key is missing" in line for line in lines)
+    assert any(line.startswith("devices[1].labels.site") for line in lines)
+    assert any(line.startswith("poll.interval") for line in lines)
+
+
+def test_check_config_prints_every_problem(tmp_path: Path) -> None:
+    path = tmp_path / "c.yml"
+    path.write_text("devices:\n  - {name: a, hots: 10.0.0.1}\npoll: {interval: 5x}\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "exporter", "--config.file", str(path), "--config.check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 2 and out.stderr.count("config error:") == 2

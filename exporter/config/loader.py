@@ -78,7 +78,12 @@ class ConfigError(Exception):
         self.file = file
         self.line = line
         self.column = column
+        self.others: tuple[ConfigError, ...] = ()  # further problems of the same file
         super().__init__(str(self))
+
+    def problems(self) -> list[ConfigError]:
+        """Every problem found, this one first: a configuration is reported whole, a line each."""
+        return [self, *self.others]
 
     def __str__(self) -> str:
         parts = [p for p in (self.file, self.key) if p]
@@ -651,7 +656,13 @@ class _Locator:
         return text if line is None else f"{text} on line {line}"
 
     def explain(self, exc: ValidationError, model: type[BaseModel]) -> ConfigValueError:
-        error = exc.errors(include_url=False)[0]
+        errors = _relevant(exc.errors(include_url=False))
+        found = [self._one(error, model) for error in errors[:MAX_PROBLEMS]]
+        first = found[0]
+        first.others = tuple(found[1:])
+        return first
+
+    def _one(self, error: ErrorDetails, model: type[BaseModel]) -> ConfigValueError:
         loc: Loc = tuple(part for part in error["loc"] if part != "[key]")
         problem = error.get("ctx", {}).get("error")
         if isinstance(problem, FieldProblem):
@@ -664,6 +675,27 @@ class _Locator:
         return ConfigValueError(
             message, key=local, file=source.file, line=line_of(source.lines, local)
         )
+
+
+MAX_PROBLEMS = 20
+
+
+def _relevant(errors: list[ErrorDetails]) -> list[ErrorDetails]:
+    """The errors worth a line, misspellings first: a required key reported missing beside
+    an unknown key that looks like it (`hots` for `host`) is that misspelling, said once."""
+    unknown: dict[tuple[Any, ...], list[str]] = {}
+    for e in errors:
+        if e["type"] == "extra_forbidden" and e["loc"]:
+            unknown.setdefault(tuple(e["loc"][:-1]), []).append(str(e["loc"][-1]))
+    kept = []
+    for e in errors:
+        if e["type"] == "missing" and e["loc"]:
+            near = unknown.get(tuple(e["loc"][:-1]), [])
+            if difflib.get_close_matches(str(e["loc"][-1]), near, n=1):
+                continue
+        kept.append(e)
+    kept.sort(key=lambda e: e["type"] != "extra_forbidden")
+    return kept or errors
 
 
 def _validate(

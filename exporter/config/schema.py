@@ -208,6 +208,9 @@ class DeviceConfig(_Section):
     model: Literal["1p7k", "3p22k", "em", "3em"] | None = None
     username: NonEmpty | None = None
     password: SecretStr | None = None
+    # Two names at one address are one charger polled twice, unless both entries say so (a
+    # gateway that forwards to several units by credentials, say).
+    shared_host: bool = False
     _endpoint: Endpoint = PrivateAttr()
 
     @property
@@ -572,12 +575,21 @@ class Config(_Section):
     @model_validator(mode="after")
     def _check_fleet(self) -> Config:
         first: dict[str, int] = {}
+        at: dict[str, int] = {}
         for i, device in enumerate(self.devices):
             if device.name in first:
                 message = f"duplicate device name {device.name!r}, first used by"
                 other: Loc = ("devices", first[device.name])
                 raise FieldProblem(("devices", i, "name"), message, other=other)
             first[device.name] = i
+            j = at.setdefault(device.address, i)
+            if j != i and not (device.shared_host and self.devices[j].shared_host):
+                message = (
+                    f"{device.address} is also the host of {self.devices[j].name!r}: one"
+                    " device under two names is polled twice (set shared_host: true on both"
+                    " if that is meant); first given by"
+                )
+                raise FieldProblem(("devices", i, "host"), message, other=("devices", j))
             if device.timeout is not None and device.timeout >= self.poll.interval:
                 message = (
                     f"timeout {format_duration(device.timeout)} must be shorter than"
