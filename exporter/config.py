@@ -46,6 +46,7 @@ from .config_loader import (
     parse_settings,
     read_text,
 )
+from .sessions.tariffs import TariffsConfig
 
 __all__ = [
     "Config",
@@ -61,6 +62,7 @@ __all__ = [
     "PollConfig",
     "ProbeConfig",
     "ShardConfig",
+    "StateConfig",
     "WebConfig",
     "format_duration",
     "load_config",
@@ -293,6 +295,7 @@ class DeviceConfig(_Section):
     model: Literal["1p7k", "3p22k", "em", "3em"] | None = None
     username: NonEmpty | None = None
     password: SecretStr | None = None
+    tariff: NonEmpty | None = None  # a name in tariffs.table; else chosen by label or default
     _endpoint: Endpoint = PrivateAttr()
 
     @property
@@ -560,12 +563,26 @@ class DiscoveryConfig(_Section):
         return self
 
 
+class StateConfig(_Section):
+    """The state store (sessions, derived counters); see exporter/sessions/store.py."""
+
+    enabled: bool = True
+    path: NonEmpty | None = None  # None: $STATE_DIRECTORY, /var/lib/lektrico-exporter, ~/.local
+
+    @field_validator("path")
+    @classmethod
+    def _resolve_path(cls, path: str | None, info: ValidationInfo) -> str | None:
+        return None if path is None else str(_resolve(path, info))
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["logfmt", "json"] = "logfmt"
 
 
-_DEFAULTED_SECTIONS = ("devices", "device_files", "poll", "probe", "web", "discovery", "log")
+_DEFAULTED_SECTIONS = (
+    *("devices", "device_files", "poll", "probe", "web", "discovery", "log", "state"),
+)
 
 
 class Config(_Section):
@@ -580,6 +597,8 @@ class Config(_Section):
     shard: ShardConfig | None = None
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
+    tariffs: TariffsConfig | None = None
 
     @property
     def listen_host(self) -> str:
@@ -612,6 +631,16 @@ class Config(_Section):
         if host:
             _check_hostname(host)
         return listen.strip()
+
+    @model_validator(mode="after")
+    def _check_tariff_names(self) -> Config:
+        known = self.tariffs.table if self.tariffs else {}
+        for i, device in enumerate(self.devices):
+            if device.tariff is not None and device.tariff not in known:
+                names = ", ".join(known) or "none: add a tariffs section"
+                message = f"unknown tariff {device.tariff!r}; known: {names}"
+                raise FieldProblem(("devices", i, "tariff"), message)
+        return self
 
     @model_validator(mode="after")
     def _check_fleet(self) -> Config:
