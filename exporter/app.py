@@ -16,10 +16,12 @@ from . import sharding
 from .config import Config, ConfigError, DeviceConfig, load_config
 from .config_loader import expand_pattern
 from .discovery import Discovery, DiscoveryError, merge
-from .outputs import build_outputs
+from .influx_writer import InfluxWriter
+from .outputs import Output, build_outputs
 from .poller import Poller, PollSettings, Sink, Target
 from .prometheus import Exposition
 from .selfmetrics import SelfMetrics
+from .sessions.stage import SessionsStage
 from .web import ProbePolicy, Web
 from .webconfig import load_web_config, middlewares, ssl_context
 
@@ -60,6 +62,20 @@ def policy_of(config: Config) -> ProbePolicy:
     )
 
 
+def sessions_stage(config: Config, outputs: list[Output]) -> SessionsStage | None:
+    """The ledger stage, sending finished sessions to the InfluxDB writer if there is one."""
+    if not config.state.enabled:
+        return None
+    for output in outputs:
+        if isinstance(output, InfluxWriter):
+            influx = config.influxdb
+            assert influx is not None
+            return SessionsStage(
+                config, output.publish_lines, influx.measurement_prefix, influx.precision
+            )
+    return SessionsStage(config)
+
+
 def device_files_signature(config: Config, base_dir: Path) -> tuple[tuple[str, int, int], ...]:
     """What the watched device files look like now: a change means reload."""
     found = []
@@ -90,8 +106,13 @@ class Exporter:
     def __post_init__(self) -> None:
         self.outputs = build_outputs(self.config, self.metrics)
         sinks = [self.exposition.publish, *(o.publish for o in self.outputs), *self.extra_sinks]
+        self.sessions = sessions_stage(self.config, self.outputs)
+        if self.sessions is not None:  # the ledger first: outputs get its derived samples
+            sinks = [self.sessions.before(sinks)]
         self.poller = Poller(settings_of(self.config), sinks, self.metrics)
         self.poller.on_remove(self.exposition.remove)
+        if self.sessions is not None:
+            self.poller.on_remove(self.sessions.remove)
         self.web = Web(
             self.poller,
             self.exposition,
@@ -100,6 +121,7 @@ class Exporter:
             self.config.poll.timeout,
             reload=self.reload,
         )
+        self.web.sessions = self.sessions
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._reload_lock = asyncio.Lock()
@@ -148,6 +170,8 @@ class Exporter:
         self.poller.set_targets(self.targets(config))
         self.web.policy = policy_of(config)
         self.web.probe_timeout = config.poll.timeout
+        if self.sessions is not None:
+            self.sessions.reconfigure(config)
 
     async def reload(self) -> str | None:
         """Re-read the config file; None when applied, else the one-line reason it was not."""
@@ -174,6 +198,8 @@ class Exporter:
     async def start(self) -> None:
         settings = load_web_config(self.config.web.config_file)
         await self._start_discovery(self.config)  # first: fails before anything else runs
+        if self.sessions is not None:
+            await self.sessions.start()  # a state database that cannot be used stops us here
         for output in self.outputs:
             await output.start()
         self.poller.set_targets(self.targets(self.config))
@@ -219,6 +245,8 @@ class Exporter:
         await self.poller.close()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.sessions is not None:  # before the outputs: its last sessions go out with them
+            await self.sessions.stop()
         for output in self.outputs:  # after the last poll, so every reading is flushed
             await output.stop()
 

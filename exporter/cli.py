@@ -17,6 +17,9 @@ from .app import Exporter, run_until_signal
 from .config import ConfigError, load_config, parse_config
 from .discovery import DiscoveryError
 from .influx_spool import SpoolError
+from .sessions.stage import store_path
+from .sessions.store import StoreError
+from .sessions.store import check as check_store
 from .sharding import parse_shard
 from .webconfig import load_web_config
 
@@ -29,7 +32,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Prometheus and InfluxDB exporter for Lektri.co chargers and energy meters.",
-        epilog=f"`{PROG} simulate --help` runs a simulated fleet of devices.",
+        epilog=f"`{PROG} simulate --help` runs a simulated fleet of devices; `{PROG} sessions"
+        " --help` prints the monthly charging statement from the state store.",
     )
     p.add_argument("--config", "-c", metavar="FILE", help="YAML configuration file")
     p.add_argument(
@@ -115,6 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         sim.add_arguments(sim_parser)
         return sim.run(sim_parser.parse_args(args_list[1:]))
+    if args_list[:1] == ["sessions"]:
+        from .sessions.cli import main as sessions_main
+
+        return sessions_main(args_list[1:], PROG)
     args = parser().parse_args(args_list)
     try:
         config = load_config(args.config) if args.config else parse_config("{}")
@@ -141,6 +149,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
     if args.check_config:
+        if config.state.enabled:
+            try:
+                check_store(store_path(config))
+            except StoreError as exc:
+                print(f"{PROG}: {exc}", file=sys.stderr)
+                return 2
         print(f"{PROG}: config OK: {len(config.devices)} devices, {web_settings.describe()}")
         return 0
     try:
@@ -154,6 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run(run_demo(config, args.demo, listen_given=bool(args.listen)))
         run(run_until_signal(Exporter(config, config_path=args.config, shard=shard)))
     except SpoolError as exc:  # a spool directory that is locked or not writable
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    except StoreError as exc:  # a state database that is damaged or not writable
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
     except DiscoveryError as exc:  # an interface address this host does not have
