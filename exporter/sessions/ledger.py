@@ -428,6 +428,9 @@ class DeviceLedger:
             if metric == "lektrico_meter_power_watts" and labels
         }
         t = reading.time
+        for phase in powers:  # every series from the first poll on, at 0 until energy flows
+            for direction in ("import", "export"):
+                self.counters.meter_wh.setdefault(f"{phase}/{direction}", 0.0)
         if self.meter_t is not None:
             dt = t - self.meter_t
             if dt <= 0:
