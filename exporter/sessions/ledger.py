@@ -245,8 +245,12 @@ class DeviceLedger:
             # The session the device knows as s.session_id is over: closed while we were away
             # (gap), or a new one began without an idle poll between.
             following = obs.session_id == (s.session_id or 0) + 1
-            if gap and obs.last_session_wh is not None and following:
-                self._top_up(s, obs.last_session_wh, obs.t, last)
+            lse = obs.last_session_wh
+            # Only a last_session_energy read since then is this session's; the one seen while
+            # it was open was the session's before.
+            fresh = lse is not None and (last is None or lse != last.last_session_wh)
+            if gap and following and fresh and lse is not None:
+                self._top_up(s, lse, obs.t, last)
             self._close(s, self.idle_since or (last.t if gap and last else obs.t), obs, result)
             s = None
         elif s is not None:
@@ -373,6 +377,7 @@ class DeviceLedger:
         missing = device_wh - s.energy_wh
         if missing > 0:
             self._energy(s, missing, last.t if last else t, t, None)
+            s.total_end_wh = None  # the counter at its end was not seen
 
     def _close(self, s: Session, end: float, obs: Observed, result: Result) -> None:
         s.end = max(end, s.start)
