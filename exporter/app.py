@@ -165,6 +165,8 @@ class Exporter:
             self.config.line_protocol,
         ):
             log.warning("influxdb and line_protocol changes take effect after a restart")
+        if config.state != self.config.state:
+            log.warning("state changes take effect after a restart")
         self.config = config
         self.poller.reconfigure(settings_of(config))
         self.poller.set_targets(self.targets(config))

@@ -86,7 +86,8 @@ class SessionsStage:
         self.config = config
         self._own = {d.name: d.tariff for d in config.devices}
         self.ledger.interval = config.poll.interval
-        self.ledger.choice.clear()
+        self.ledger.tariffs = build_tariffs(config.tariffs)
+        self.ledger.choice.clear()  # chosen again at each device's next reading
 
     def _choose(self, reading: Reading) -> None:
         if reading.device in self.ledger.choice:
