@@ -12,6 +12,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from exporter.normalise import extract, normalise_reply
 from exporter.reading import Reading, Sample
 from exporter.sessions.ledger import ANOMALIES, Ledger, Session, trapezoid
 from exporter.simulator.device import Charger, ManualClock, make_device
+from tests.servers import unavailable
 
 INTERVAL = 15.0
 EPOCH = 1_790_000_000.0  # unix time of clock 0
@@ -349,3 +351,29 @@ def test_trapezoid_splits_a_sign_change_into_import_and_export() -> None:
 
     assert imp == pytest.approx(2500.0)
     assert exp == pytest.approx(2500.0)
+
+
+# ---- the contract --------------------------------------------------------------------------
+
+PLANNED = Path(__file__).resolve().parents[2] / "shared" / "METRICS-planned.md"
+
+
+def derived_contract() -> list[tuple[str, str, tuple[str, ...]]]:
+    if not PLANNED.exists():
+        unavailable(f"{PLANNED} is not beside this checkout")
+    text = PLANNED.read_text().split("## Derived by the exporter", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in text.splitlines():
+        if line.startswith("| lektrico_"):
+            name, typ, labels = (c.strip() for c in line.strip().strip("|").split("|")[:3])
+            rows.append((name, typ, tuple(label.strip() for label in labels.split(","))))
+    return rows
+
+
+def test_derived_rows_are_the_planned_contracts_names_types_and_labels() -> None:
+    contract = derived_contract()
+    derived = [m for m in cat.CATALOGUE if isinstance(m.extract, cat.Derived)]
+
+    assert len(contract) == 8
+    assert {(m.name, m.prom_type, ("device", *m.labels)) for m in derived} == set(contract)
+    assert all(m.group is cat.Group.EXPORTER for m in derived)
