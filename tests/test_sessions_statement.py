@@ -18,7 +18,7 @@ from exporter.cli import main as cli_main
 from exporter.config import parse_config
 from exporter.reading import Reading, Sample
 from exporter.sessions.ledger import Ledger, Session
-from exporter.sessions.store import Batch, Store
+from exporter.sessions.store import Batch, Store, session_row
 from exporter.sessions.tariffs import build_tariffs
 from tests.conftest import fetch
 from tests.servers import free_port
@@ -70,7 +70,7 @@ def store_path(tmp_path: Path) -> Path:
     path = tmp_path / "state.db"
     store = Store(str(path))
     store.open()
-    store.write(Batch([], [across_dst, across_month]))
+    store.write(Batch([], [session_row(across_dst), session_row(across_month)]))
     store.close()
     return path
 

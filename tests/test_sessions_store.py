@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from exporter.sessions.ledger import Session
-from exporter.sessions.store import SCHEMA_VERSION, Batch, Store, StoreError, default_path
+from exporter.sessions.store import (
+    SCHEMA_VERSION,
+    Batch,
+    Store,
+    StoreError,
+    default_path,
+    session_row,
+)
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,8 +33,8 @@ def session(device: str = "garage", start: float = 1_790_000_000.0, **kw: object
 def test_states_and_sessions_survive_a_reopen(tmp_path: Path) -> None:
     store = Store(str(tmp_path / "state.db"))
     store.open()
-    store.write(Batch([("garage", '{"a": 1}')], [session(energy_wh=5.0)]))
-    store.write(Batch([], [session(energy_wh=7.0, open=False, end=1_790_000_600.0)]))
+    store.write(Batch([("garage", '{"a": 1}')], [session_row(session(energy_wh=5.0))]))
+    store.write(Batch([], [session_row(session(energy_wh=7.0, open=False, end=1_790_000_600.0))]))
     store.close()
     again = Store(str(tmp_path / "state.db"))
     again.open()
@@ -46,9 +53,9 @@ def test_sessions_are_filtered_by_device_and_time(tmp_path: Path) -> None:
         Batch(
             [],
             [
-                session("a", 1000.0, end=2000.0, open=False),
-                session("b", 3000.0, end=4000.0, open=False),
-                session("a", 5000.0),
+                session_row(session("a", 1000.0, end=2000.0, open=False)),
+                session_row(session("b", 3000.0, end=4000.0, open=False)),
+                session_row(session("a", 5000.0)),
             ],
         )
     )

@@ -23,8 +23,9 @@ polls; spans over 3 intervals are not integrated but counted in `gap_seconds`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from .. import catalogue as cat
@@ -69,7 +70,9 @@ class Session:
         self.anomalies[kind] = self.anomalies.get(kind, 0) + 1
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields as a dict that shares this session's inner dicts and lists: serialise it
+        at once (json.dumps), before the session changes."""
+        return dict(vars(self))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Session:
@@ -91,10 +94,26 @@ class Observed:
     phases_used: int = 0
 
 
+_OBSERVED = frozenset(
+    {
+        "lektrico_charger_state",
+        "lektrico_session_id",
+        "lektrico_session_energy_joules",
+        "lektrico_energy_joules_total",
+        "lektrico_last_session_energy_joules",
+        "lektrico_power_watts",
+        "lektrico_current_limit_reason",
+        "lektrico_current_amperes",
+    }
+)
+
+
 def observe(reading: Reading) -> Observed:
     obs = Observed(reading.time)
     amps = 0
     for metric, labels, value in reading.samples:
+        if metric not in _OBSERVED:
+            continue
         if metric == "lektrico_charger_state":
             if value == 1.0 and labels:
                 obs.state = labels[0][1]
@@ -168,11 +187,12 @@ class DeviceLedger:
     # ---- persistence ------------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
+        """Everything to restore this ledger, sharing its live objects: serialise it at once."""
         return {
             "kind": self.kind,
-            "counters": asdict(self.counters),
+            "counters": vars(self.counters),
             "session": self.session.as_dict() if self.session else None,
-            "last": asdict(self.last) if self.last else None,
+            "last": vars(self.last) if self.last else None,
             "idle_polls": self.idle_polls,
             "idle_since": self.idle_since,
             "closed_sid": self.closed_sid,
@@ -539,7 +559,7 @@ class Ledger:
     def remove(self, device: str) -> None:
         ledger = self.devices.pop(device, None)
         if ledger is not None:
-            self.parked[device] = ledger.state()
+            self.parked[device] = json.loads(json.dumps(ledger.state()))
         self.choice.pop(device, None)
 
     def open_sessions(self) -> list[Session]:

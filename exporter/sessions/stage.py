@@ -24,7 +24,7 @@ from .. import influx
 from ..config import Config
 from ..reading import Reading
 from .ledger import Ledger, Session
-from .store import Batch, Store, StoreError, default_path
+from .store import Batch, Store, StoreError, default_path, session_row
 from .tariffs import build_tariffs
 
 log = logging.getLogger("lektrico.sessions")
@@ -145,17 +145,17 @@ class SessionsStage:
             if ledger is not None:
                 # Made on the event loop, so each device's state is the one after a whole poll.
                 states.append((name, json.dumps(ledger.state())))
-        sessions = [
-            Session.from_dict(json.loads(json.dumps(s.as_dict()))) for s in self._sessions.values()
-        ]
+        sessions = [session_row(s) for s in self._sessions.values()]
         self._dirty.clear()
         self._sessions.clear()
         return Batch(states, sessions)
 
     def _giveback(self, batch: Batch) -> None:
         self._dirty.update(name for name, _ in batch.states)
-        for s in batch.sessions:
-            self._sessions.setdefault((s.device, s.start), s)
+        for row in batch.sessions:
+            device, start = row[0], row[1]
+            if (device, start) not in self._sessions:
+                self._sessions[device, start] = Session.from_dict(json.loads(row[4]))
 
     async def stop(self) -> None:
         if self._task is not None:

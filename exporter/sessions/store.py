@@ -64,10 +64,15 @@ def temporary_path() -> str:
 
 @dataclass(frozen=True)
 class Batch:
-    """One flush: device states (JSON text) and sessions, written in one transaction."""
+    """One flush, written in one transaction: device states (JSON text) and session rows
+    (device, start, end, open, JSON text; `session_row`)."""
 
     states: Sequence[tuple[str, str]]
-    sessions: Sequence[Session]
+    sessions: Sequence[tuple[str, float, float | None, int, str]]
+
+
+def session_row(s: Session) -> tuple[str, float, float | None, int, str]:
+    return (s.device, s.start, s.end, int(s.open), json.dumps(s.as_dict()))
 
 
 class Store:
@@ -152,13 +157,7 @@ class Store:
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany("INSERT OR REPLACE INTO devices VALUES (?, ?)", batch.states)
-            db.executemany(
-                "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?)",
-                [
-                    (s.device, s.start, s.end, int(s.open), json.dumps(s.as_dict()))
-                    for s in batch.sessions
-                ],
-            )
+            db.executemany("INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?)", batch.sessions)
             db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
