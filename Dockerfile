@@ -25,10 +25,13 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1
 RUN groupadd --system --gid 10001 lektrico \
     && useradd --system --uid 10001 --gid lektrico --no-create-home \
-       --home-dir /nonexistent --shell /usr/sbin/nologin lektrico
+       --home-dir /nonexistent --shell /usr/sbin/nologin lektrico \
+    && install -d -o 10001 -g 10001 -m 0750 /var/lib/lektrico-exporter
 COPY --from=builder /opt/venv /opt/venv
 # Numeric, so Kubernetes' runAsNonRoot can check it without looking up /etc/passwd.
 USER 10001:10001
+# The state store (sessions, derived counters): keep it on a volume to keep them.
+VOLUME ["/var/lib/lektrico-exporter"]
 EXPOSE 9654
 HEALTHCHECK --interval=30s --timeout=10s --start-period=15s --retries=3 \
     CMD ["lektrico-exporter", "--config", "/etc/lektrico-exporter/config.yml", "--health-check"]

@@ -289,7 +289,11 @@ def write_config(
             "concurrency": concurrency,
         },
         "log": {"level": "warning"},
+        # The session ledger is on, as by default; its store is the run's own, started empty.
+        "state": {"path": str(path.with_suffix(".state.db"))},
     }
+    for old in path.parent.glob(path.with_suffix(".state.db").name + "*"):
+        old.unlink()
     # JSON is YAML, and far quicker to write and read for 20,000 devices.
     path.write_text(json.dumps(config))
 

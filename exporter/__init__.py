@@ -2,9 +2,9 @@
 
 The folders follow the data path, which runs one way:
 
-    config/ ──► device/ ──► reading.Reading ──► outputs/ ──► web/
-    (what to    (poll a      (one poll of one    (Prometheus,  (serve /metrics,
-     poll)       device)      device, normalised) InfluxDB, …)  /probe, the page)
+    config/ ──► device/ ──► reading.Reading ──► sessions/ ──► outputs/ ──► web/
+    (what to    (poll a      (one poll of one    (sessions,    (Prometheus,  (serve /metrics,
+     poll)       device)      device, normalised) energy, cost) InfluxDB, …)  /probe, pages)
 
 `catalogue/` is the one table of metrics every part reads; `simulator/` is a fleet of
 simulated devices for the demo, the tests and the benchmark; `app.py` wires the parts and

@@ -19,8 +19,10 @@ from exporter.config.schema import Config, ConfigError, DeviceConfig, DeviceFile
 from exporter.device import sharding
 from exporter.device.discovery import Discovery, DiscoveryError, merge
 from exporter.device.poller import Poller, PollSettings, Sink, Target
-from exporter.outputs import build_outputs
+from exporter.outputs import Output, build_outputs
+from exporter.outputs.influx.writer import InfluxWriter
 from exporter.outputs.prometheus import Exposition
+from exporter.sessions.stage import SessionsStage
 from exporter.web.server import ProbePolicy, Web
 from exporter.web.status import StatusBoard
 from exporter.web.webconfig import load_web_config, middlewares, ssl_context
@@ -62,6 +64,20 @@ def policy_of(config: Config) -> ProbePolicy:
     )
 
 
+def sessions_stage(config: Config, outputs: list[Output]) -> SessionsStage | None:
+    """The ledger stage, sending finished sessions to the InfluxDB writer if there is one."""
+    if not config.state.enabled:
+        return None
+    for output in outputs:
+        if isinstance(output, InfluxWriter):
+            influx = config.influxdb
+            assert influx is not None
+            return SessionsStage(
+                config, output.publish_lines, influx.measurement_prefix, influx.precision
+            )
+    return SessionsStage(config)
+
+
 def device_files_signature(config: Config, base_dir: Path) -> tuple[tuple[str, int, int], ...]:
     """What the watched device files look like now: a change means reload."""
     found = []
@@ -100,9 +116,14 @@ class Exporter:
             *(o.publish for o in self.outputs),
             *self.extra_sinks,
         ]
+        self.sessions = sessions_stage(self.config, self.outputs)
+        if self.sessions is not None:  # the ledger first: outputs get its derived samples
+            sinks = [self.sessions.before(sinks)]
         self.poller = Poller(settings_of(self.config), sinks, self.metrics)
         self.poller.on_remove(self.exposition.remove)
         self.poller.on_remove(self.status.remove)
+        if self.sessions is not None:
+            self.poller.on_remove(self.sessions.remove)
         self.web = Web(
             self.poller,
             self.exposition,
@@ -114,6 +135,7 @@ class Exporter:
             telemetry_path=self.telemetry_path,
             grafana_url=self.config.grafana.url if self.config.grafana else None,
         )
+        self.web.sessions = self.sessions
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._reload_lock = asyncio.Lock()
@@ -159,12 +181,16 @@ class Exporter:
             self.config.line_protocol,
         ):
             log.warning("influxdb and line_protocol changes take effect after a restart")
+        if config.state != self.config.state:
+            log.warning("state changes take effect after a restart")
         self.config = config
         self.poller.reconfigure(settings_of(config))
         self.poller.set_targets(self.targets(config))
         self.web.policy = policy_of(config)
         self.web.probe_timeout = config.poll.timeout
         self.web.grafana_url = config.grafana.url if config.grafana else None
+        if self.sessions is not None:
+            self.sessions.reconfigure(config)
 
     async def reload(self) -> str | None:
         """Re-read the config file; None when applied, else the one-line reason it was not."""
@@ -199,6 +225,8 @@ class Exporter:
     async def start(self) -> None:
         settings = load_web_config(self.config.web.config_file)
         await self._start_discovery(self.config)  # first: fails before anything else runs
+        if self.sessions is not None:
+            await self.sessions.start()  # a state database that cannot be used stops us here
         for output in self.outputs:
             await output.start()
         self.poller.set_targets(self.targets(self.config))
@@ -254,6 +282,8 @@ class Exporter:
         await self.poller.close()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.sessions is not None:  # before the outputs: its last sessions go out with them
+            await self.sessions.stop()
         for output in self.outputs:  # after the last poll, so every reading is flushed
             await output.stop()
 

@@ -19,6 +19,9 @@ from exporter.config.schema import Config, ConfigError, load_config, parse_confi
 from exporter.device.discovery import DiscoveryError
 from exporter.device.sharding import parse_shard
 from exporter.outputs.influx.spool import SpoolError
+from exporter.sessions.stage import store_path
+from exporter.sessions.store import StoreError
+from exporter.sessions.store import check as check_store
 from exporter.web.webconfig import load_web_config
 
 PROG = "lektrico-exporter"
@@ -30,7 +33,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Prometheus and InfluxDB exporter for Lektri.co chargers and energy meters.",
-        epilog=f"`{PROG} simulate --help` runs a simulated fleet of devices.",
+        epilog=f"`{PROG} simulate --help` runs a simulated fleet of devices; `{PROG} sessions"
+        " --help` prints the monthly charging statement from the state store.",
     )
     p.add_argument(
         "hosts",
@@ -171,6 +175,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         sim.add_arguments(sim_parser)
         return sim.run(sim_parser.parse_args(args_list[1:]))
+    if args_list[:1] == ["sessions"]:
+        from exporter.sessions.cli import main as sessions_main
+
+        return sessions_main(args_list[1:], PROG)
     args = parser().parse_args(args_list)
     try:
         config = load_config(args.config) if args.config else parse_config("{}")
@@ -209,6 +217,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
     if args.check_config:
+        if config.state.enabled:
+            try:
+                check_store(store_path(config))
+            except StoreError as exc:
+                print(f"{PROG}: {exc}", file=sys.stderr)
+                return 2
         print(f"{PROG}: config OK: {len(config.devices)} devices, {web_settings.describe()}")
         return 0
     try:
@@ -229,6 +243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         run(run_until_signal(exporter))
     except SpoolError as exc:  # a spool directory that is locked or not writable
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    except StoreError as exc:  # a state database that is damaged or not writable
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
     except DiscoveryError as exc:  # an interface address this host does not have

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import itertools
 import logging
+import shutil
+from pathlib import Path
 
 from exporter.app import Exporter, run_until_signal
 from exporter.config.schema import Config, DeviceConfig, PollConfig
+from exporter.sessions.store import temporary_path
 from exporter.simulator.server import DeviceSpec, SimulatedFleet
 
 log = logging.getLogger("lektrico.demo")
@@ -31,6 +34,8 @@ def demo_config(config: Config, fleet: SimulatedFleet, listen_given: bool) -> Co
     update: dict[str, object] = {"devices": [*config.devices, *devices]}
     if not listen_given and config.listen == Config().listen:
         update["listen"] = DEMO_LISTEN
+    if config.state.path is None:  # a demo leaves no state behind
+        update["state"] = config.state.model_copy(update={"path": temporary_path()})
     if config.poll == PollConfig():
         # Quicker than the 15 s default so the first page of the demo is already full.
         update["poll"] = PollConfig(interval=5.0, timeout=2.0)
@@ -40,11 +45,13 @@ def demo_config(config: Config, fleet: SimulatedFleet, listen_given: bool) -> Co
 async def run_demo(config: Config, count: int, listen_given: bool = False) -> int:
     fleet = SimulatedFleet(demo_specs(count), speed=SPEED)
     await fleet.start()
+    demo = demo_config(config, fleet, listen_given)
     try:
-        demo = demo_config(config, fleet, listen_given)
         exporter = Exporter(demo)
         log.info("demo: %d simulated devices; open http://%s/", count, demo.listen)
         await run_until_signal(exporter)
     finally:
         await fleet.stop()
+        if demo.state.path is not None and config.state.path is None:
+            shutil.rmtree(Path(demo.state.path).parent, ignore_errors=True)
     return 0

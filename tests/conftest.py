@@ -38,6 +38,13 @@ SimulatedFleet.stop = _checked_stop  # type: ignore[method-assign]
 
 
 @pytest.fixture(autouse=True)
+def own_state_directory(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's exporters keep their state store (sessions, derived counters) in that
+    test's own directory, never in a user's or another test's."""
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+
+
+@pytest.fixture(autouse=True)
 def only_read_methods() -> Iterator[None]:
     before = len(WRITE_CALLS)
     yield

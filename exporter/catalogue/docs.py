@@ -21,6 +21,8 @@ def _source(metric: cat.Metric) -> str:
         srcs = [s for _, sources in pairs for s in sources]
     elif isinstance(ex, cat.Flags):
         return f"`{ex.method}` (every flag key)"
+    elif isinstance(ex, cat.Derived):
+        return "derived by the exporter from successive polls, kept in its state store"
     else:
         return "computed by the exporter"
     seen = dict.fromkeys(f"`{s.method}` `{s.key}`" for s in srcs)

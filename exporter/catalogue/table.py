@@ -176,7 +176,13 @@ class Computed:
     """Filled in by the poller, not read from a reply (health, exporter's own)."""
 
 
-Extract = Number | PerPhase | Labelled | StateSet | EnumSet | Flags | Info | Computed
+@dataclass(frozen=True)
+class Derived(Computed):
+    """Worked out by the session ledger from successive polls and kept in the state store
+    (exporter/sessions): not read from the device."""
+
+
+Extract = Number | PerPhase | Labelled | StateSet | EnumSet | Flags | Info | Computed | Derived
 WHOLE_REPLY = "*"  # the key of a Src that stands for every key of the method (Flags)
 
 
@@ -818,6 +824,85 @@ CATALOGUE: tuple[Metric, ...] = (
         Computed(),
         labels=("reason",),
         influx=Influx("device", "values_dropped_total_", "int", label_as_field=True),
+    ),
+    # ---- derived by the exporter (exporter/sessions), kept in its state store ----
+    Metric(
+        "lektrico_sessions_recorded_total",
+        Kind.COUNTER,
+        "Charging sessions the exporter recorded as finished (derived).",
+        "",
+        Group.EXPORTER,
+        CHG,
+        Derived(),
+    ),
+    Metric(
+        "lektrico_session_anomalies_total",
+        Kind.COUNTER,
+        "Anomalies seen in charging sessions, by kind (derived).",
+        "",
+        Group.EXPORTER,
+        CHG,
+        Derived(),
+        labels=("kind",),
+    ),
+    Metric(
+        "lektrico_charging_limited_seconds_total",
+        Kind.COUNTER,
+        "Time charging (state C) while the current was limited by the reason (derived).",
+        "seconds",
+        Group.EXPORTER,
+        CHG,
+        Derived(),
+        labels=("reason",),
+    ),
+    Metric(
+        "lektrico_charging_limited_energy_joules_total",
+        Kind.COUNTER,
+        "Energy charged while the current was limited by the reason (derived).",
+        "joules",
+        Group.EXPORTER,
+        CHG,
+        Derived(),
+        labels=("reason",),
+    ),
+    Metric(
+        "lektrico_tariff_energy_joules_total",
+        Kind.COUNTER,
+        "Energy charged in each configured tariff period, as tariff/period (derived).",
+        "joules",
+        Group.EXPORTER,
+        CHG,
+        Derived(),
+        labels=("tariff",),
+    ),
+    Metric(
+        "lektrico_energy_cost_total",
+        Kind.COUNTER,
+        "Cost of the energy charged in each tariff period, at the price in force (derived).",
+        "",
+        Group.EXPORTER,
+        CHG,
+        Derived(),
+        labels=("tariff", "currency"),
+    ),
+    Metric(
+        "lektrico_meter_energy_joules_total",
+        Kind.COUNTER,
+        "Meter energy per phase and direction, integrated from active power (derived).",
+        "joules",
+        Group.EXPORTER,
+        MTR,
+        Derived(),
+        labels=("phase", "direction"),
+    ),
+    Metric(
+        "lektrico_meter_energy_gap_seconds_total",
+        Kind.COUNTER,
+        "Time not integrated into meter energy: polls more than 3 intervals apart (derived).",
+        "seconds",
+        Group.EXPORTER,
+        MTR,
+        Derived(),
     ),
 )
 

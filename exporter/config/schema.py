@@ -59,6 +59,7 @@ from exporter.config.loader import (
     read_text,
 )
 from exporter.outputs.influx.lines import escape_key
+from exporter.sessions.tariffs import TariffsConfig
 
 __all__ = [
     "Config",
@@ -75,6 +76,7 @@ __all__ = [
     "PollConfig",
     "ProbeConfig",
     "ShardConfig",
+    "StateConfig",
     "WebConfig",
     "format_duration",
     "load_config",
@@ -211,6 +213,7 @@ class DeviceConfig(_Section):
     # Two names at one address are one charger polled twice, unless both entries say so (a
     # gateway that forwards to several units by credentials, say).
     shared_host: bool = False
+    tariff: NonEmpty | None = None  # a name in tariffs.table; else chosen by label or default
     _endpoint: Endpoint = PrivateAttr()
 
     @property
@@ -508,12 +511,26 @@ class DiscoveryConfig(_Section):
         return self
 
 
+class StateConfig(_Section):
+    """The state store (sessions, derived counters); see exporter/sessions/store.py."""
+
+    enabled: bool = True
+    path: NonEmpty | None = None  # None: $STATE_DIRECTORY, /var/lib/lektrico-exporter, ~/.local
+
+    @field_validator("path")
+    @classmethod
+    def _resolve_path(cls, path: str | None, info: ValidationInfo) -> str | None:
+        return None if path is None else str(_resolve(path, info))
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["logfmt", "json"] = "logfmt"
 
 
-_DEFAULTED_SECTIONS = ("devices", "device_files", "poll", "probe", "web", "discovery", "log")
+_DEFAULTED_SECTIONS = (
+    *("devices", "device_files", "poll", "probe", "web", "discovery", "log", "state"),
+)
 
 
 class GrafanaConfig(_Section):
@@ -539,6 +556,8 @@ class Config(_Section):
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     grafana: GrafanaConfig | None = None
+    state: StateConfig = Field(default_factory=StateConfig)
+    tariffs: TariffsConfig | None = None
 
     @property
     def listen_host(self) -> str:
@@ -571,6 +590,16 @@ class Config(_Section):
         if host:
             check_hostname(host)
         return listen.strip()
+
+    @model_validator(mode="after")
+    def _check_tariff_names(self) -> Config:
+        known = self.tariffs.table if self.tariffs else {}
+        for i, device in enumerate(self.devices):
+            if device.tariff is not None and device.tariff not in known:
+                names = ", ".join(known) or "none: add a tariffs section"
+                message = f"unknown tariff {device.tariff!r}; known: {names}"
+                raise FieldProblem(("devices", i, "tariff"), message)
+        return self
 
     @model_validator(mode="after")
     def _check_fleet(self) -> Config:

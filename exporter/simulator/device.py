@@ -28,6 +28,7 @@ import math
 import random
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -55,6 +56,10 @@ class SimClock:
         if self.frozen:
             return 0.0
         return (time.monotonic() - self._start) * self.speed
+
+    def unix(self, t: float) -> float:
+        """The wall-clock (unix) time at which this clock reads ``t``."""
+        return time.time() - (time.monotonic() - self._start) + t / self.speed
 
 
 class ManualClock:
@@ -156,6 +161,7 @@ _LEGACY_SYSTEM_CURRENT_KEYS = {
 }
 _IEC_STATE = {"B_AUTH": "B", "B_PAUSE": "B", "B_SCHEDULER": "B", "OTA": "A", "LOCKED": "A"}
 _ZERO3 = (0.0, 0.0, 0.0)
+GENERATED_KEPT = 10_000  # generated sessions a charger remembers (ground truth for tests)
 
 
 def device_key(seed: int, name: str, profile: str) -> int:
@@ -383,6 +389,9 @@ class Charger(Device):
         self._active: set[str] = set()
         self._logged: set[str] = set()
         self._in_session = False
+        # Ground truth for tests of the exporter's session ledger: each session generated,
+        # {"session_id", "start", "end", "wh"} in clock seconds (end and wh None while open).
+        self.generated: deque[dict[str, Any]] = deque(maxlen=GENERATED_KEPT)
         self._script = self._sessions()
         self._t = 0.0
         self._enter(next(self._script))
@@ -432,12 +441,18 @@ class Charger(Device):
         if segment.state == "A" and self._in_session:
             self._in_session = False
             c.last_session_wh = round(c.session_wh)
+            if self.generated:
+                self.generated[-1].update(end=self._t - self._offset, wh=c.session_wh)
         if segment.starts_session:
             self._in_session = True
             c.session_id += 1
             c.sessions += 1
             c.session_wh = 0.0
             c.session_time_s = 0.0
+            start = self._t - self._offset
+            self.generated.append(
+                {"session_id": c.session_id, "start": start, "end": None, "wh": None}
+            )
         if segment.limits is not None:
             self._limits = segment.limits
         self._active = {"state_e_activated", segment.error} if segment.error else set()

@@ -51,7 +51,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from .device import Device, JSONDict, SimClock, default_serial, encode, make_device
+from .device import Charger, Device, JSONDict, SimClock, default_serial, encode, make_device
 
 FAULT_MODES = (
     "none",
@@ -588,7 +588,22 @@ class SimulatedFleet:
             except ValueError as exc:
                 return {"error": str(exc), "status": 400}
             return self.describe(name)
+        if op == "sessions":
+            return self.generated_sessions(str(command.get("device")))
         return {"error": f"unknown op {op!r}", "status": 400}
+
+    def generated_sessions(self, name: str) -> Any:
+        """A charger's generated sessions (ground truth), times as unix seconds."""
+        if name not in self._endpoints:
+            return {"error": f"unknown device {name!r}", "status": 404}
+        device = self.device(name)
+        if not isinstance(device, Charger):
+            return {"error": f"{name} is not a charger", "status": 400}
+        unix = self.clock.unix
+        return [
+            {**s, "start": unix(s["start"]), "end": None if s["end"] is None else unix(s["end"])}
+            for s in device.generated
+        ]
 
     async def command(self, command: JSONDict) -> Any:
         return self.handle_command(command)
@@ -629,6 +644,7 @@ class ControlServer:
         app = web.Application()
         app.router.add_get("/devices", self._devices)
         app.router.add_get("/calls", self._calls)
+        app.router.add_get("/devices/{name}/sessions", self._sessions)
         app.router.add_post("/devices/{name}/{field:fault|alias|spelling}", self._set)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -657,6 +673,16 @@ class ControlServer:
         return web.json_response(
             {"total": sum(by_method.values()), "by_device": by_device, "by_method": dict(by_method)}
         )
+
+    async def _sessions(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        shard = self._owner.get(name)
+        if shard is None:
+            return web.json_response({"error": f"unknown device {name!r}"}, status=404)
+        reply = await shard.command({"op": "sessions", "device": name})
+        if isinstance(reply, dict) and "error" in reply:
+            return web.json_response({"error": reply["error"]}, status=reply["status"])
+        return web.json_response({"sessions": reply})
 
     async def _set(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import payload, web
 from aiohttp.abc import AbstractStreamWriter
@@ -24,6 +25,9 @@ from exporter.config.addresses import (
 )
 from exporter.device.poller import Poller
 from exporter.outputs.prometheus import CONTENT_TYPE, Exposition, render_probe
+from exporter.sessions import statement
+from exporter.sessions.ledger import Session
+from exporter.sessions.stage import SessionsStage
 from exporter.web import pages
 from exporter.web.status import PUBLIC_FIELDS, Query, StatusBoard
 
@@ -84,6 +88,7 @@ class Web:
         self.idle_timeout = IDLE_TIMEOUT
         self._assets: dict[str, bytes] = {}
         self._reload = reload
+        self.sessions: SessionsStage | None = None  # the session ledger, when the store is on
 
     def app(self) -> web.Application:
         app = web.Application(
@@ -100,6 +105,9 @@ class Web:
         app.router.add_post("/-/reload", self.reload)
         app.router.add_put("/-/reload", self.reload)
         app.router.add_get("/sd", self.service_discovery)
+        app.router.add_get("/api/sessions", self.api_sessions)
+        app.router.add_get("/api/sessions.csv", self.api_sessions_csv)
+        app.router.add_get("/sessions", self.sessions_page)
         return app
 
     async def index(self, request: web.Request) -> web.Response:
@@ -189,6 +197,38 @@ class Web:
             return web.Response(body=body, headers={"Content-Encoding": "gzip"})
         return web.Response(body=Parts(self.exposition.render(), own, content_type=CONTENT_TYPE))
 
+    async def api_sessions(self, request: web.Request) -> web.Response:
+        if self.sessions is None:
+            return web.Response(status=404, text="the state store is off (state.enabled)\n")
+        try:
+            found = await _query_sessions(self.sessions, request)
+        except SessionQueryError as exc:
+            return web.Response(status=400, text=f"{exc}\n")
+        return web.json_response({"sessions": [statement.row(s) for s in found]})
+
+    async def api_sessions_csv(self, request: web.Request) -> web.Response:
+        if self.sessions is None:
+            return web.Response(status=404, text="the state store is off (state.enabled)\n")
+        try:
+            found = await _query_sessions(self.sessions, request)
+        except SessionQueryError as exc:
+            return web.Response(status=400, text=f"{exc}\n")
+        return web.Response(text=statement.to_csv(found), content_type="text/csv")
+
+    async def sessions_page(self, request: web.Request) -> web.Response:
+        if self.sessions is None:
+            return web.Response(status=404, text="the state store is off (state.enabled)\n")
+        month = request.query.get("month") or statement.current_month()
+        group_by = request.query.get("group_by", "device")[:64]
+        try:
+            since, until = statement.month_bounds(month)
+        except ValueError as exc:
+            return web.Response(status=400, text=f"{exc}\n")
+        found = await self.sessions.query(since=since, until=until)
+        labels = sorted({k for st in self.poller.devices.values() for k, _ in st.target.labels})
+        page = statement.render_html(statement.statement(found, month, group_by), (), labels)
+        return web.Response(text=page, content_type="text/html")
+
     def _budget(self, request: web.Request) -> float:
         header = request.headers.get("X-Prometheus-Scrape-Timeout-Seconds")
         budget = self.probe_timeout
@@ -217,6 +257,26 @@ class Web:
         if configured and self.poller.devices.get(st.name) is st:
             self.poller.publish(reading)
         return web.Response(body=render_probe(reading), headers={"Content-Type": CONTENT_TYPE})
+
+
+class SessionQueryError(ValueError):
+    pass
+
+
+async def _query_sessions(stage: SessionsStage, request: web.Request) -> list[Session]:
+    """The sessions a request asks for: ?device= (repeatable), from=, to= (ISO 8601), and any
+    other parameter as a label filter (?site=home)."""
+    q = request.query
+    filters: dict[str, Any] = {"devices": q.getall("device", [])}
+    for key, name in (("from", "since"), ("to", "until")):
+        if key in q:
+            try:
+                filters[name] = statement.parse_time(q[key])
+            except ValueError:
+                raise SessionQueryError(f"{key}: not an ISO 8601 time: {q[key][:40]!r}") from None
+    labels = {k: v for k, v in q.items() if k not in ("device", "from", "to")}
+    found = await stage.query(**filters)
+    return [s for s in found if statement.matches(s, labels)]
 
 
 class Parts(payload.Payload):

@@ -186,6 +186,13 @@ class InfluxWriter:
             chunk = self.spool.append(data, points) if self.spool else Chunk(data, points)
             self._enqueue(chunk)
 
+    def publish_lines(self, data: bytes) -> None:
+        """Queue ready-made line-protocol points (newline-terminated) like a reading's."""
+        if data:
+            points = data.count(b"\n")
+            chunk = self.spool.append(data, points) if self.spool else Chunk(data, points)
+            self._enqueue(chunk)
+
     def _enqueue(self, chunk: Chunk) -> None:
         self._queue.append(chunk)
         self.points += chunk.points
