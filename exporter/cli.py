@@ -16,7 +16,7 @@ from . import __version__, logs
 from .app import Exporter, run_until_signal
 from .config import ConfigError, load_config, parse_config
 from .discovery import DiscoveryError
-from .influx_spool import SpoolError
+from .errors import StartupError
 from .sharding import parse_shard
 from .webconfig import load_web_config
 
@@ -141,6 +141,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
     if args.check_config:
+        from .outputs import writable_problem
+
+        problem = writable_problem(config)
+        if problem:
+            print(f"{PROG}: config error: {problem}", file=sys.stderr)
+            return 2
         print(f"{PROG}: config OK: {len(config.devices)} devices, {web_settings.describe()}")
         return 0
     try:
@@ -153,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run(run_demo(config, args.demo, listen_given=bool(args.listen)))
         run(run_until_signal(Exporter(config, config_path=args.config, shard=shard)))
-    except SpoolError as exc:  # a spool directory that is locked or not writable
+    except StartupError as exc:  # an output that cannot be used: spool_dir, line_protocol.path
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
     except DiscoveryError as exc:  # an interface address this host does not have

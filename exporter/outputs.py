@@ -8,8 +8,10 @@ InfluxDB-only user needs no scraper.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
+from . import influx_spool, lineproto_file
 from .config import Config
 from .influx_writer import InfluxWriter
 from .lineproto_file import LineProtocolFile
@@ -37,3 +39,16 @@ def build_outputs(config: Config, metrics: SelfMetrics) -> list[Output]:
     if config.line_protocol is not None:
         outputs.append(LineProtocolFile(config.line_protocol, prefix))
     return outputs
+
+
+def writable_problem(config: Config) -> str | None:
+    """For --check-config: an output path that could not be written, named by its key."""
+    if config.influxdb is not None and config.influxdb.spool_dir is not None:
+        problem = influx_spool.writable_problem(Path(config.influxdb.spool_dir))
+        if problem:
+            return f"influxdb.spool_dir: {problem}"
+    if config.line_protocol is not None:
+        problem = lineproto_file.writable_problem(config.line_protocol.path)
+        if problem:
+            return f"line_protocol.path: {problem}"
+    return None

@@ -41,6 +41,7 @@ class SelfMetrics:
         self.influx_dropped = counter("lektrico_influxdb_points_dropped_total")
         self.influx_errors = counter("lektrico_influxdb_write_errors_total")
         self.influx_last_success = gauge("lektrico_influxdb_last_write_success_timestamp_seconds")
+        self.influx_spool_damaged = counter("lektrico_influxdb_spool_damaged_total")
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
