@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from exporter.config import ConfigError, parse_config
 from exporter.influx_spool import Spool, SpoolError
 from tests.conftest import fetch
 from tests.servers import free_port, unavailable
@@ -276,3 +277,23 @@ async def test_a_damaged_ack_replays_the_whole_segment_and_is_counted(
     assert code == 0 and "Traceback" not in err, err
     damaged = [line for line in err.splitlines() if "spool damaged" in line]
     assert len(damaged) == 1 and str(segment.with_suffix(".ack")) in damaged[0], err
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("2MiB", 2 << 20), ("1GiB", 1 << 30), ("500MB", 500_000_000), (1 << 21, 1 << 21)],
+)
+def test_spool_max_bytes_takes_sizes(value: object, expected: int) -> None:
+    config = parse_config(
+        f"influxdb: {{url: 'http://127.0.0.1:1', bucket: b, spool_max_bytes: {value}}}"
+    ).influxdb
+    assert config is not None and config.spool_max_bytes == expected
+
+
+@pytest.mark.parametrize("value", ["lots", "-1GiB", "1000", "1KiB"])
+def test_spool_max_bytes_refuses_what_is_not_a_size_of_at_least_a_mebibyte(value: str) -> None:
+    with pytest.raises(ConfigError, match="spool_max_bytes") as error:
+        parse_config(
+            f"influxdb: {{url: 'http://127.0.0.1:1', bucket: b, spool_max_bytes: {value}}}"
+        )
+    assert "\n" not in str(error.value)
