@@ -383,8 +383,9 @@ class Spool:
         return self.bytes + size <= self.max_bytes
 
     def _rotate(self) -> None:
-        new = Segment(self.directory / f"{self._next:012d}.lp", writable=True)
-        self._next += 1
+        number = self._next
+        self._next += 1  # also on failure: a name taken by something else is not tried again
+        new = Segment(self.directory / f"{number:012d}.lp", writable=True)
         old = self._current
         self._current = new
         self._segments.append(new)
