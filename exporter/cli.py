@@ -18,7 +18,7 @@ from exporter.config.addresses import parse_endpoint
 from exporter.config.schema import Config, ConfigError, load_config, parse_config
 from exporter.device.discovery import DiscoveryError
 from exporter.device.sharding import parse_shard
-from exporter.outputs.influx.spool import SpoolError
+from exporter.errors import StartupError
 from exporter.sessions.stage import store_path
 from exporter.sessions.store import StoreError
 from exporter.sessions.store import check as check_store
@@ -223,6 +223,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             except StoreError as exc:
                 print(f"{PROG}: {exc}", file=sys.stderr)
                 return 2
+        from exporter.outputs import writable_problem
+
+        problem = writable_problem(config)
+        if problem:
+            print(f"{PROG}: config error: {problem}", file=sys.stderr)
+            return 2
         print(f"{PROG}: config OK: {len(config.devices)} devices, {web_settings.describe()}")
         return 0
     try:
@@ -242,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             telemetry_path=args.telemetry_path,
         )
         run(run_until_signal(exporter))
-    except SpoolError as exc:  # a spool directory that is locked or not writable
+    except StartupError as exc:  # an output that cannot be used: spool_dir, line_protocol.path
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
     except StoreError as exc:  # a state database that is damaged or not writable

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import tracemalloc
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
@@ -31,6 +32,7 @@ from exporter.app import Exporter
 from exporter.catalogue.selfmetrics import SelfMetrics
 from exporter.config.schema import InfluxConfig, parse_config
 from exporter.outputs import Output
+from exporter.outputs.influx import spool as influx_spool
 from exporter.outputs.influx.lines import PRECISION_FACTOR, Serializer
 from exporter.outputs.influx.writer import InfluxWriter, classify, retry_after
 from exporter.reading import Reading
@@ -522,7 +524,7 @@ async def test_retry_after_is_honoured(vm: VictoriaMetrics) -> None:
     metrics = SelfMetrics()
     async with WriteShim(vm.url, v1=False) as shim:
         shim.faults.extend([(503, {"Retry-After": "1"}), (429, {"Retry-After": "1"})])
-        writer = InfluxWriter(influx_config(shim.url, max_retry_delay="0.05s"), metrics)
+        writer = InfluxWriter(influx_config(shim.url, max_retry_delay="2s"), metrics)
         await writer.start()
         readings = [charger_reading(time=T0 + i) for i in range(3)]
         for reading in readings:
@@ -553,3 +555,235 @@ def test_connection_problems_are_retried() -> None:
     assert classify(ConnectionRefusedError()).retry
     assert classify(TimeoutError()).retry
     assert classify(aiohttp.ServerDisconnectedError()).retry
+
+
+# ---- the spool bounds what waits, memory only its head ----------------------------------------
+
+
+def dropped_total(metrics: SelfMetrics) -> float:
+    return sum(
+        s.value
+        for family in metrics.registry.collect()
+        if family.name == "lektrico_influxdb_points_dropped"
+        for s in family.samples
+        if s.name.endswith("_total")
+    )
+
+
+async def test_the_spool_keeps_more_than_buffer_points_through_an_outage(
+    vm: VictoriaMetrics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(influx_spool, "SEGMENT_BYTES", 4096)  # several segments, some unloaded
+    metrics = SelfMetrics()
+    await vm.stop()
+    config = influx_config(
+        vm.url, spool_dir=str(tmp_path / "spool"), buffer_points=20, batch_size=20
+    )
+    writer = InfluxWriter(config, metrics)
+    await writer.start()
+    readings = [charger_reading(time=T0 + i) for i in range(30)]  # 150 points
+    held = []
+    for reading in readings:
+        writer.publish(reading)
+        held.append(getattr(writer, "_memory", writer.points))  # in memory
+        await asyncio.sleep(0.01)
+    assert writer.points == 150
+    assert max(held) <= 20, "memory holds more than buffer_points"
+
+    await vm.start()
+    await wait_until(lambda: writer.points == 0, 20, "the spool to be written")
+    await writer.stop()
+
+    await assert_stored(vm, lines_of(readings))
+    assert dropped_total(metrics) == 0
+    assert counter_value(metrics, "lektrico_influxdb_points_written_total") == 150
+    assert not list((tmp_path / "spool").glob("*.lp"))
+
+
+def break_directory(path: Path) -> None:
+    """Make `path` unusable for new files, also for root: it is now a regular file."""
+    path.rename(path.with_name(path.name + ".moved"))
+    path.write_text("not a directory\n")
+
+
+def spool_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "lektrico.influx" and r.levelno >= logging.ERROR and "spool" in r.getMessage()
+    ]
+
+
+async def test_points_the_spool_cannot_take_stay_in_memory_and_arrive(
+    vm: VictoriaMetrics,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(influx_spool, "SEGMENT_BYTES", 2048)  # a new segment every 2 readings
+    metrics = SelfMetrics()
+    await vm.stop()
+    spool_dir = tmp_path / "spool"
+    writer = InfluxWriter(
+        influx_config(vm.url, spool_dir=str(spool_dir), buffer_points=200), metrics
+    )
+    await writer.start()
+    break_directory(spool_dir)  # the segment made at start takes 2 readings, then new ones
+    readings = [charger_reading(time=T0 + i) for i in range(16)]
+    for reading in readings:
+        writer.publish(reading)
+    assert writer.points == 80
+
+    await vm.start()
+    await wait_until(lambda: writer.points == 0, 20, "the points to be written")
+    await writer.stop()
+
+    await assert_stored(vm, lines_of(readings))
+    assert dropped_total(metrics) == 0
+    assert len(spool_errors(caplog)) == 1, spool_errors(caplog)
+    assert str(spool_dir) in spool_errors(caplog)[0]
+
+
+async def test_points_beyond_the_buffer_when_the_spool_fails_are_counted_and_logged_once(
+    vm: VictoriaMetrics,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(influx_spool, "SEGMENT_BYTES", 1)  # a new segment for every reading
+    metrics = SelfMetrics()
+    await vm.stop()
+    spool_dir = tmp_path / "spool"
+    config = influx_config(vm.url, spool_dir=str(spool_dir), buffer_points=20, batch_size=20)
+    writer = InfluxWriter(config, metrics)
+    break_directory(spool_dir)  # after the start: the first segment was made
+    readings = [charger_reading(time=T0 + i) for i in range(12)]  # 60 points, 55 in memory
+    for reading in readings:
+        writer.publish(reading)
+    assert writer._memory <= 20
+
+    await vm.start()
+    await writer.start()
+    await writer.stop()
+
+    await assert_stored(vm, lines_of([readings[0], *readings[-4:]]))  # the spool's, the newest
+    dropped = counter_value(
+        metrics, "lektrico_influxdb_points_dropped_total", reason="spool_unwritable"
+    )
+    assert dropped == 35 and dropped_total(metrics) == 35
+    assert len(spool_errors(caplog)) == 2, spool_errors(caplog)  # the spool, then the drops
+
+
+# ---- Retry-After is a hint, error bodies are bounded ------------------------------------------
+
+
+PAST = "Wed, 21 Oct 2015 07:28:00 GMT"
+
+
+@pytest.mark.parametrize("header", ["0", "-5", PAST, "nan", "inf", "-inf", "1e999", "soon", ""])
+async def test_no_retry_after_makes_the_writer_hammer_stall_or_crash(
+    vm: VictoriaMetrics, caplog: pytest.LogCaptureFixture, header: str
+) -> None:
+    async with WriteShim(vm.url, v1=False) as shim:
+        shim.faults.extend([(503, {"Retry-After": header})] * 1000)
+        config = influx_config(shim.url, max_retry_delay="1s", flush_interval="0.1s")
+        writer = InfluxWriter(config)
+        await writer.start()
+        readings = [charger_reading(time=T0 + i) for i in range(3)]
+        for reading in readings:
+            writer.publish(reading)
+        writer._wake.set()
+        await asyncio.sleep(3.0)
+        during = len(shim.requests)
+        shim.faults.clear()
+        await wait_until(lambda: writer.points == 0, 5, "the points once the server is back")
+        await writer.stop()
+
+    # Backoff within [0.5 s, 1 s]: at most 7 attempts in 3 s, at least one retry.
+    assert 2 <= during <= 7, f"{during} requests in 3 s"
+    assert not [r for r in caplog.records if "writer failed" in r.getMessage()]
+    await assert_stored(vm, lines_of(readings))
+
+
+def test_retry_delays_are_clamped_to_the_backoff_range() -> None:
+    from exporter.outputs.influx.writer import RETRY_BASE, retry_delay
+
+    for hint in (0.0, -5.0, float("-inf"), 0.1):
+        assert retry_delay(hint, 1, 300.0) == RETRY_BASE
+    assert retry_delay(float("inf"), 1, 300.0) == 300.0
+    assert retry_delay(1e9, 1, 20.0) == 20.0
+    assert retry_delay(7.0, 1, 300.0) == 7.0
+    assert retry_after("nan") is None and retry_after("NaN") is None
+    assert retry_after("Mon, 99 Foo 99999 99:99:99 GMT") is None
+    assert (retry_after(PAST) or 0) < 0
+
+
+HUGE_BODY_SERVER = r"""
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+BODY = b'{"message": "' + b"x" * (1 << 20) + b'"}'
+
+class Handler(BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        try:
+            self.send_response(400)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(BODY)))
+            self.end_headers()
+            self.wfile.write(BODY)
+        except OSError:
+            pass  # the client read what it wanted and hung up
+
+    def log_message(self, *args):
+        pass
+
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"""
+
+
+def huge_body_server(port: int) -> subprocess.Popen[bytes]:
+    """In its own process, so that its allocations are not counted with the writer's."""
+    return subprocess.Popen([PYTHON, "-c", HUGE_BODY_SERVER, str(port)])
+
+
+async def test_a_huge_error_body_is_read_in_part_and_logged_short(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    port = free_port()
+    server = huge_body_server(port)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                _, w = await asyncio.open_connection("127.0.0.1", port)
+                w.close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+        metrics = SelfMetrics()
+        writer = InfluxWriter(influx_config(f"http://127.0.0.1:{port}", batch_size=10), metrics)
+        await writer.start()
+        for i in range(4):
+            writer.publish(charger_reading(time=T0 + i))  # 20 points: bisected, ~40 requests
+        tracemalloc.start()
+        try:
+            await writer.flush()
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        await writer.stop()
+    finally:
+        server.kill()
+        server.wait()
+
+    assert (
+        counter_value(metrics, "lektrico_influxdb_points_dropped_total", reason="bad_request") == 20
+    )
+    # Bounded: about 2 MiB whatever the body size (16 MiB bodies too); 57-70 MiB when read whole.
+    assert peak < 8 << 20, f"{peak} bytes allocated at the peak for 1 MiB error bodies"
+    messages = [r.getMessage() for r in caplog.records if r.name == "lektrico.influx"]
+    assert messages and max(map(len, messages)) < 1000, max(map(len, messages))

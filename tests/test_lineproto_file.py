@@ -17,6 +17,7 @@ from exporter.outputs.lineproto_file import LineProtocolFile
 from exporter.simulator.server import DeviceSpec, SimulatedFleet
 from tests.servers import InfluxDB1, free_port
 from tests.test_influx import T0, charger_reading, field_table
+from tests.test_influx_spool import assert_one_line, exporter_config, run_exporter
 
 
 async def test_each_reading_is_appended_as_whole_lines(tmp_path: Path) -> None:
@@ -146,3 +147,31 @@ def docs_influxql() -> list[str]:
     statements = [s for b in blocks for s in re.split(r"\n(?=SELECT|SHOW)", b.strip())]
     assert len(statements) >= 8
     return [" ".join(s.split()) for s in statements]
+
+
+# ---- a path that cannot be written, through the command line ---------------------------------
+
+
+def test_an_unwritable_path_stops_the_start_with_one_line(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    path = locked / "points.lp"
+    config = exporter_config(tmp_path, f"line_protocol: {{path: '{path}'}}\n")
+
+    assert_one_line(run_exporter(config), 1, "line_protocol.path", str(path), "Permission")
+
+
+def test_a_directory_as_path_stops_the_start_with_one_line(tmp_path: Path) -> None:
+    config = exporter_config(tmp_path, f"line_protocol: {{path: '{tmp_path}'}}\n")
+
+    assert_one_line(run_exporter(config), 1, "line_protocol.path", str(tmp_path))
+
+
+def test_check_config_finds_an_unwritable_path(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    config = exporter_config(tmp_path, f"line_protocol: {{path: '{locked / 'points.lp'}'}}\n")
+
+    result = run_exporter(config, "--check-config")
+
+    assert_one_line(result, 2, "line_protocol.path", str(locked), "not writable")

@@ -57,6 +57,7 @@ class SelfMetrics:
         # process_* (CPU, memory, fds) and python_* (GC, version), as every client library has.
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             self.registry.register(collector)
+        self.influx_spool_damaged = counter("lektrico_influxdb_spool_damaged_total")
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

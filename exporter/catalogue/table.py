@@ -951,6 +951,12 @@ EXPORTER_METRICS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
         "Unix time of the last successful configuration load (start or reload).",
         (),
     ),
+    (
+        "lektrico_influxdb_spool_damaged_total",
+        "counter",
+        "Damaged InfluxDB spool files found at start and repaired without losing points.",
+        ("reason",),
+    ),
 )
 
 BY_NAME: Mapping[str, Metric] = {m.name: m for m in CATALOGUE}

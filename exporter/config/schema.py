@@ -127,6 +127,19 @@ def parse_duration(value: str | int | float) -> float:
     return seconds
 
 
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+_SIZE_UNITS |= {"KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40}
+
+
+def parse_size(value: str) -> int:
+    """Bytes from `1073741824`, `1GiB`, `500MB` (KiB/MiB/GiB/TiB are powers of 1024)."""
+    found = _SIZE.fullmatch(value.strip())
+    if not found:
+        raise ValueError(f"must be a size like 1GiB, 500MiB or 1073741824, got {value!r}")
+    return int(float(found[1]) * _SIZE_UNITS[(found[2] or "").upper()])
+
+
 def format_duration(seconds: float) -> str:
     """The inverse of parse_duration for messages: 90 → "1m30s", 0.25 → "250ms"."""
     if seconds < 1:
@@ -350,6 +363,9 @@ class InfluxConfig(_Section):
     # default holds ~4.6 hours of it in ~290 MB; the spool holds more on disk.
     buffer_points: Annotated[int, Field(ge=1)] = 500_000
     spool_dir: str | None = None
+    # With spool_dir, the bound on what waits: the spool's size on disk (buffer_points then
+    # bounds only the part held in memory). About 4 million points, 40 hours of that fleet.
+    spool_max_bytes: Annotated[int, Field(ge=1 << 20)] = 1 << 30
     max_retry_delay: Duration = 300.0
     measurement_prefix: str = "lektrico"
 
@@ -397,6 +413,11 @@ class InfluxConfig(_Section):
     @classmethod
     def _check_ca_file(cls, path: str | None, info: ValidationInfo) -> str | None:
         return _existing_file(path, info)
+
+    @field_validator("spool_max_bytes", mode="before")
+    @classmethod
+    def _parse_size(cls, value: Any) -> Any:
+        return parse_size(value) if isinstance(value, str) else value
 
     @field_validator("spool_dir")
     @classmethod

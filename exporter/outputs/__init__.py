@@ -8,6 +8,7 @@ InfluxDB-only user needs no scraper.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from exporter.reading import Reading
@@ -42,3 +43,20 @@ def build_outputs(config: Config, metrics: SelfMetrics) -> list[Output]:
 
         outputs.append(LineProtocolFile(config.line_protocol, prefix))
     return outputs
+
+
+def writable_problem(config: Config) -> str | None:
+    """For --check-config: an output path that could not be written, named by its key."""
+    if config.influxdb is not None and config.influxdb.spool_dir is not None:
+        from exporter.outputs.influx import spool
+
+        problem = spool.writable_problem(Path(config.influxdb.spool_dir))
+        if problem:
+            return f"influxdb.spool_dir: {problem}"
+    if config.line_protocol is not None:
+        from exporter.outputs import lineproto_file
+
+        problem = lineproto_file.writable_problem(config.line_protocol.path)
+        if problem:
+            return f"line_protocol.path: {problem}"
+    return None

@@ -2,7 +2,9 @@
 
 Each reading is one write of whole lines, so a reader never sees half a point. A file is opened
 for appending and reopened when it was rotated away (logrotate `create`, or deleted); `path: "-"`
-writes to stdout, where the exporter's logs never go (they go to stderr).
+writes to stdout, where the exporter's logs never go (they go to stderr). A path that cannot be
+opened stops the start (StartupError, one line); failures later are logged once and counted by
+nobody else: Telegraf reading the file sees the gap.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import BinaryIO
 
 from exporter.config.schema import LineProtocolConfig
+from exporter.errors import StartupError
 from exporter.outputs.influx.lines import Serializer
 from exporter.reading import Reading
 
@@ -35,9 +39,19 @@ class LineProtocolFile:
         self._fd = -1
         self._checked = 0.0
         self._broken: str | None = None
+        if self.path != "-":
+            # At construction, before anything runs: a path that cannot be written stops the
+            # start with one line instead of a traceback out of a half-started exporter.
+            try:
+                self._open()
+            except OSError as exc:
+                reason = exc.strerror or type(exc).__name__
+                raise StartupError(
+                    f"line_protocol.path: cannot open {self.path}: {reason}"
+                ) from None
 
     async def start(self) -> None:
-        if self.path != "-":
+        if self.path != "-" and self._fd < 0:
             self._open()
 
     async def stop(self) -> None:
@@ -97,3 +111,20 @@ class LineProtocolFile:
         if self._broken != kind:
             log.error("line protocol output to %s failed, points dropped: %s", self.path, exc)
         self._broken = kind
+
+
+def writable_problem(path: str) -> str | None:
+    """Why `path` could not be appended to, without creating it; or None."""
+    if path == "-":
+        return None
+    target = Path(path)
+    if target.is_dir():
+        return f"{path} is a directory"
+    if target.exists():
+        return None if os.access(target, os.W_OK) else f"{path} is not writable"
+    parent = target.parent
+    if not parent.is_dir():
+        return f"{parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{parent} is not writable, so {target.name} cannot be created"
+    return None

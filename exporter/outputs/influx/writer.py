@@ -3,12 +3,17 @@
 - Readings are serialised at once (influx.py) and queued; a batch goes out when `batch_size`
   points wait or every `flush_interval`, one request at a time, oldest first.
 - Failures that may pass (connection, timeout, 5xx, 429) keep the points and retry with
-  exponential backoff up to `max_retry_delay`, or after the server's `Retry-After`.
+  exponential backoff up to `max_retry_delay`, or after the server's `Retry-After`: a hint,
+  held within [RETRY_BASE, max_retry_delay] so that no header can make it hammer or stall.
+- At most ERROR_BODY_BYTES of an error reply are read, and one shortened line is logged.
 - Failures retrying cannot fix are counted, logged once per kind, and hold back no other point:
   a partial write (type conflict) loses only what InfluxDB dropped, a batch refused whole (400,
   413) is bisected down to the lines at fault, 401/403/404 drop the batch.
-- Beyond `buffer_points` the oldest points are dropped and counted.
-- With `spool_dir` the queue is also on disk (influx_spool.py): a crash loses nothing.
+- Without `spool_dir`, beyond `buffer_points` the oldest points are dropped and counted.
+- With `spool_dir` the queue is on disk (influx_spool.py), bounded by `spool_max_bytes`; memory
+  holds at most `buffer_points` of its head. A crash loses nothing. Points the spool cannot take
+  (directory unwritable, disk full) are held in memory within `buffer_points` and sent first;
+  what does not fit is dropped and counted.
 - `stop()` (SIGTERM) writes what is buffered, for at most `timeout`.
 
 Delivery is at least once; InfluxDB absorbs a repeat (same series and timestamp overwrite).
@@ -20,6 +25,7 @@ import asyncio
 import contextlib
 import email.utils
 import logging
+import math
 import random
 import re
 import time
@@ -40,8 +46,9 @@ from exporter.outputs.influx.spool import Chunk, Spool
 from exporter.reading import Reading
 
 log = logging.getLogger("lektrico.influx")
-RETRY_BASE = 0.5  # first retry delay, seconds
-MAX_RETRY_AFTER = 3600.0
+RETRY_BASE = 0.5  # first retry delay, seconds; also the shortest wait a Retry-After can ask
+ERROR_BODY_BYTES = 4096  # of an error reply: enough for InfluxDB's message, never a flood
+MESSAGE_CHARS = 300  # of a failure in the log
 PERMANENT = {401: "unauthorized", 403: "forbidden", 404: "not_found", 413: "too_large"}
 HINTS = {
     "unauthorized": "check token (or username/password)",
@@ -51,6 +58,9 @@ HINTS = {
     "bad_request": "InfluxDB refused the lines",
     "too_large": "lower batch_size",
     "buffer_full": "InfluxDB was away too long; raise buffer_points or set spool_dir",
+    "spool_full": "InfluxDB was away too long; raise spool_max_bytes",
+    "spool_unwritable": "the spool directory cannot be written and memory is full",
+    "spool_unreadable": "a spool segment could not be read back",
 }
 
 
@@ -67,7 +77,10 @@ class Failure:
 
 
 def retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or HTTP date)."""
+    """Seconds from a Retry-After header (delta-seconds or HTTP date); None if it does not parse.
+
+    May be 0 or negative (a date in the past) or infinite: the caller clamps it.
+    """
     if not value:
         return None
     try:
@@ -75,9 +88,49 @@ def retry_after(value: str | None) -> float | None:
     except ValueError:
         try:
             seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, IndexError, OverflowError):
             return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+    return None if math.isnan(seconds) else seconds
+
+
+def retry_delay(hint: float | None, failures: int, max_delay: float) -> float:
+    """How long to wait before the next attempt, after `failures` failed ones in a row."""
+    if hint is not None:
+        return min(max(hint, min(RETRY_BASE, max_delay)), max_delay)
+    delay = RETRY_BASE * 2.0 ** min(failures - 1, 30)
+    return min(max_delay, delay) * random.uniform(0.75, 1.0)
+
+
+def shortened(text: str, limit: int = MESSAGE_CHARS) -> str:
+    """One line of at most about `limit` characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+class BoundedResponse(aiohttp.ClientResponse):
+    """A response that reads at most ERROR_BODY_BYTES of an error body and drops the rest.
+
+    influxdb-client reads every reply whole; a proxy or server answering a 400 with megabytes
+    would otherwise be held in memory (several times, while it is decoded) and logged.
+    """
+
+    _bounded: bytes | None = None
+
+    async def read(self) -> bytes:
+        if self.status < 400:
+            return await super().read()
+        if self._bounded is None:
+            data = b""
+            try:
+                while len(data) < ERROR_BODY_BYTES:
+                    part = await self.content.read(ERROR_BODY_BYTES - len(data))
+                    if not part:
+                        break
+                    data += part
+            finally:
+                self.close()  # the rest is not read: the connection is not reused
+            self._bounded = data
+        return self._bounded
 
 
 def rejected_count(message: str) -> int:
@@ -143,6 +196,7 @@ def client_args(config: InfluxConfig) -> tuple[dict[str, Any], str]:
         "enable_gzip": config.gzip,
         "verify_ssl": config.verify_tls,
         "ssl_ca_cert": config.ca_file,
+        "client_session_kwargs": {"response_class": BoundedResponse},
     }
     return args, bucket
 
@@ -154,8 +208,9 @@ class InfluxWriter:
         self.config = config
         self.metrics = metrics or SelfMetrics()
         self.serializer = Serializer(config.precision, config.measurement_prefix)
-        self.points = 0  # queued and in flight
-        self._queue: deque[Chunk] = deque()
+        self._memory = 0  # points held in memory: queued and in flight
+        self._queue: deque[Chunk] = deque()  # oldest first; with a spool, chunks on disk too
+        self._unspooled: deque[Chunk] = deque()  # chunks the spool could not take, sent first
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -169,52 +224,107 @@ class InfluxWriter:
         )
         self._failures = 0
         self._lock = asyncio.Lock()
-        self.spool = Spool(Path(config.spool_dir)) if config.spool_dir else None
-        if self.spool is not None:
-            replayed = self.spool.open()
-            for chunk in replayed:
-                self._enqueue(chunk)
-            if replayed:
-                log.info("InfluxDB spool: %d points from before the restart to write", self.points)
+        self.spool: Spool | None = None
+        if config.spool_dir:
+            self.spool = Spool(Path(config.spool_dir), config.spool_max_bytes, on_drop=self._drop)
+            waiting = self.spool.open()  # SpoolError: the exporter does not start
+            for reason, message in self.spool.damage:
+                log.warning("InfluxDB spool damaged, repaired: %s", message)
+                self.metrics.influx_spool_damaged.labels(reason=reason).inc()
+            if waiting:
+                log.info("InfluxDB spool: %d points from before the restart to write", waiting)
+            self.metrics.influx_buffered.set(self.points)
+
+    @property
+    def points(self) -> int:
+        """Points waiting: in memory, in flight and, with a spool, on disk only."""
+        return self._memory + (self.spool.unloaded if self.spool is not None else 0)
 
     # ---- queue -----------------------------------------------------------------------------
 
     def publish(self, reading: Reading) -> None:
         data = self.serializer.encode(reading)
-        if data:
-            points = data.count(b"\n")
-            chunk = self.spool.append(data, points) if self.spool else Chunk(data, points)
-            self._enqueue(chunk)
+        self.publish_lines(data)
 
     def publish_lines(self, data: bytes) -> None:
-        """Queue ready-made line-protocol points (newline-terminated) like a reading's."""
-        if data:
-            points = data.count(b"\n")
-            chunk = self.spool.append(data, points) if self.spool else Chunk(data, points)
-            self._enqueue(chunk)
-
-    def _enqueue(self, chunk: Chunk) -> None:
-        self._queue.append(chunk)
-        self.points += chunk.points
-        dropped: list[Chunk] = []
-        while self.points > self.config.buffer_points and len(self._queue) > 1:
-            oldest = self._queue.popleft()
-            self.points -= oldest.points
-            dropped.append(oldest)
-        if dropped:
-            self._drop("buffer_full", sum(c.points for c in dropped), "buffer full")
-            self._consumed(dropped)
+        """Queue ready-made line-protocol points (newline-terminated), as a reading's are."""
+        if not data:
+            return
+        points = data.count(b"\n")
+        if self.spool is None:
+            self._enqueue(Chunk(data, points))
+        else:
+            fits = self._memory + points <= self.config.buffer_points
+            chunk = self.spool.append(data, points, cache=fits)
+            if chunk is None:
+                pass  # on disk only (or dropped and counted): loaded when its turn comes
+            elif chunk.segment is None:
+                self._hold(chunk)
+            else:
+                self._queue.append(chunk)
+                self._memory += points
         if self.points >= self.config.batch_size:
             self._wake.set()
         self.metrics.influx_buffered.set(self.points)
 
+    def _enqueue(self, chunk: Chunk) -> None:
+        """Without a spool: beyond buffer_points the oldest points go."""
+        self._queue.append(chunk)
+        self._memory += chunk.points
+        dropped = 0
+        while self._memory > self.config.buffer_points and len(self._queue) > 1:
+            oldest = self._queue.popleft()
+            self._memory -= oldest.points
+            dropped += oldest.points
+        self._drop("buffer_full", dropped, "buffer full")
+
+    def _hold(self, chunk: Chunk) -> None:
+        """A chunk the spool could not take: in memory, within buffer_points.
+
+        Room is made first by forgetting the newest chunks loaded from the spool (they stay on
+        disk), then by dropping the oldest of these chunks, counted.
+        """
+        assert self.spool is not None
+        self._unspooled.append(chunk)
+        self._memory += chunk.points
+        limit = self.config.buffer_points
+        while self._memory > limit and self._queue and self.spool.unload(self._queue[-1]):
+            self._memory -= self._queue.pop().points
+        dropped = 0
+        while self._memory > limit and len(self._unspooled) > 1:
+            oldest = self._unspooled.popleft()
+            self._memory -= oldest.points
+            dropped += oldest.points
+        self._drop("spool_unwritable", dropped, "the spool cannot be written and memory is full")
+
+    def _refill(self) -> None:
+        """Load the spool's head into memory when little of it is there."""
+        spool = self.spool
+        if spool is None or not spool.unloaded or self._memory >= self.config.batch_size:
+            return
+        want = min(2 * self.config.batch_size, self.config.buffer_points) - self._memory
+        for chunk in spool.load(max(want, 1)):
+            self._queue.append(chunk)
+            self._memory += chunk.points
+
+    def _waiting(self) -> bool:
+        return bool(self._unspooled or self._queue or (self.spool and self.spool.unloaded))
+
     def _take(self) -> list[Chunk]:
-        batch = [self._queue.popleft()]
+        self._refill()
+        source = self._unspooled or self._queue  # the points at risk of a crash first
+        if not source:
+            return []
+        batch = [source.popleft()]
         size = batch[0].points
-        while self._queue and size + self._queue[0].points <= self.config.batch_size:
-            size += self._queue[0].points
-            batch.append(self._queue.popleft())
+        while source and size + source[0].points <= self.config.batch_size:
+            size += source[0].points
+            batch.append(source.popleft())
         return batch
+
+    def _put_back(self, batch: list[Chunk]) -> None:
+        unspooled = self.spool is not None and batch[0].segment is None
+        (self._unspooled if unspooled else self._queue).extendleft(reversed(batch))
 
     def _consumed(self, chunks: list[Chunk]) -> None:
         if self.spool is not None:
@@ -243,6 +353,9 @@ class InfluxWriter:
         if self.points:
             where = f"kept in {self.config.spool_dir}" if self.spool else "lost (no spool_dir)"
             log.warning("InfluxDB: %d points not written at shutdown, %s", self.points, where)
+            lost = sum(c.points for c in self._unspooled)
+            if lost:
+                log.warning("InfluxDB: %d of them lost: the spool could not take them", lost)
         if self.spool is not None:
             self.spool.close()
         if self._client is not None:
@@ -272,7 +385,11 @@ class InfluxWriter:
 
     async def _drain(self) -> None:
         async with self._lock:
-            while self._queue:
+            while self._waiting():
+                if not (self._unspooled or self._queue):
+                    self._refill()
+                    if not self._queue:
+                        return  # the spool could not give back what it holds: counted there
                 failure = await self._send_batch()
                 if failure is None:
                     continue
@@ -286,10 +403,9 @@ class InfluxWriter:
                         failure.message,
                         self.points,
                     )
-                delay = failure.retry_after
-                if delay is None:
-                    delay = RETRY_BASE * 2 ** min(self._failures - 1, 30)
-                    delay = min(self.config.max_retry_delay, delay) * random.uniform(0.75, 1.0)
+                delay = retry_delay(
+                    failure.retry_after, self._failures, self.config.max_retry_delay
+                )
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._stopping.wait()
@@ -298,17 +414,19 @@ class InfluxWriter:
         if self.spool is not None:
             self.spool.sync()
         batch = self._take()
+        if not batch:
+            return None
         points = sum(c.points for c in batch)
         try:
             failure = await self._deliver(b"".join(c.data for c in batch), points)
         except BaseException:  # cancelled at stop: the points stay for the spool
-            self._queue.extendleft(reversed(batch))
+            self._put_back(batch)
             raise
         if failure is not None:
             # Back to the head; points published meanwhile may have pushed out newer ones.
-            self._queue.extendleft(reversed(batch))
+            self._put_back(batch)
             return failure
-        self.points -= points
+        self._memory -= points
         self._consumed(batch)
         self.metrics.influx_buffered.set(self.points)
         if self._failures:
@@ -328,24 +446,27 @@ class InfluxWriter:
         try:
             await self._post(body)
         except Exception as exc:
+            # Out of the except block before bisecting: the exception holds the reply (and
+            # what its connection had buffered), which must not live on through the recursion.
             failure = self._redacted(classify(exc))
-            self.metrics.influx_errors.labels(reason=failure.reason).inc()
-            if failure.retry:
-                return failure
-            self._report(failure)
-            if failure.split and points > 1:
-                lines = body.splitlines(keepends=True)
-                half = len(lines) // 2
-                for part in (lines[:half], lines[half:]):
-                    again = await self._deliver(b"".join(part), len(part))
-                    if again is not None:
-                        return again
-                return None
-            rejected = points if failure.rejected is None else min(failure.rejected, points)
-            self._written(points - rejected)
-            self._drop(failure.reason, rejected, failure.message)
+        else:
+            self._written(points)
             return None
-        self._written(points)
+        self.metrics.influx_errors.labels(reason=failure.reason).inc()
+        if failure.retry:
+            return failure
+        self._report(failure)
+        if failure.split and points > 1:
+            lines = body.splitlines(keepends=True)
+            half = len(lines) // 2
+            for part in (lines[:half], lines[half:]):
+                again = await self._deliver(b"".join(part), len(part))
+                if again is not None:
+                    return again
+            return None
+        rejected = points if failure.rejected is None else min(failure.rejected, points)
+        self._written(points - rejected)
+        self._drop(failure.reason, rejected, failure.message)
         return None
 
     def _written(self, points: int) -> None:
@@ -354,11 +475,14 @@ class InfluxWriter:
             self.metrics.influx_written.inc(points)
 
     def _redacted(self, failure: Failure) -> Failure:
-        """A server or proxy may echo the Authorization header in its error body."""
+        """A server or proxy may echo the Authorization header in its error body.
+
+        Shortened after redacting, so that no cut-off secret is left.
+        """
         message = failure.message
         for secret in self._secrets:
             message = message.replace(secret, "<redacted>")
-        return replace(failure, message=message)
+        return replace(failure, message=shortened(message))
 
     def _drop(self, reason: str, points: int, message: str) -> None:
         if points:
