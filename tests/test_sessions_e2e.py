@@ -114,6 +114,7 @@ async def test_statement_command_csv_api_and_influxdb_agree(
             api = json.loads(body)["sessions"]
             status, metrics = await fetch(f"{base}/metrics")
             status, page = await fetch(f"{base}/sessions?group_by=owner")
+            device_pages = [(await fetch(f"{base}/device/{name}"))[1] for name in fleet.names]
         finally:
             await exporter.stop()
 
@@ -129,6 +130,9 @@ async def test_statement_command_csv_api_and_influxdb_agree(
     tariff_j = metric_sum(metrics, "lektrico_tariff_energy_joules_total")
     assert tariff_j / 3600 == pytest.approx(sum(float(r["energy_wh"]) for r in csv_rows), abs=1.0)
     assert "Charging statement" in page and "owner" in page
+    # Each device's page lists its recent sessions (a charger that charged has some).
+    with_sessions = [p for p in device_pages if "Recent sessions" in p]
+    assert with_sessions and all("kWh" in p for p in with_sessions)
 
     # The statement command, from the store, without the exporter.
     months = sorted({p.split("/")[0] for r in csv_rows for p in r["parts"].split(";") if p})

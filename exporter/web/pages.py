@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from importlib import resources
 from urllib.parse import quote
 
@@ -17,6 +17,7 @@ from exporter import __version__
 from exporter.catalogue import table as cat
 from exporter.device.poller import DeviceState
 from exporter.reading import Sample
+from exporter.sessions.ledger import Session
 from exporter.web.status import ERROR_WORDS, LIMIT_WORDS, DeviceStatus, explain
 
 CSP = (
@@ -92,8 +93,28 @@ def _labels(sample: Sample) -> str:
     return ", ".join(f"{_e(k)}={_e(v)}" for k, v in sample.labels)
 
 
+def _sessions_table(sessions: Sequence[Session]) -> str:
+    rows = [
+        (
+            _e(_when(s.start)),
+            "open" if s.open else _e(_when(s.end)) if s.end is not None else "",
+            _e(f"{s.energy_wh / 1000:.3f} kWh"),
+            _e(f"{s.cost:.2f} {s.currency}") if s.currency else "",
+            _e(", ".join(sorted(s.anomalies)) or "none"),
+        )
+        for s in sessions
+    ]
+    head = ["start", "end", "energy", "cost", "anomalies"]
+    link = "<p><a href='/sessions'>all sessions, as a monthly statement</a></p>"
+    return _table(head, rows) + link
+
+
 def device_page(
-    dev: DeviceState, status: DeviceStatus | None, grafana_url: str | None, now: float
+    dev: DeviceState,
+    status: DeviceStatus | None,
+    grafana_url: str | None,
+    now: float,
+    sessions: Sequence[Session] = (),
 ) -> str:
     reading = dev.reading
     samples = reading.samples if reading is not None else ()
@@ -196,7 +217,11 @@ def device_page(
         f"<p>Logged: {_e(', '.join(logged) or 'none')}</p></section>",
         "<section class='block'><h2>Live values</h2>",
         _table(["metric", "labels", "value"], values) if values else "<p class='muted'>none</p>",
-        "</section><section class='block'><h2>Last poll failures</h2>",
+        "</section>",
+        "<section class='block'><h2>Recent sessions</h2>" + _sessions_table(sessions) + "</section>"
+        if sessions
+        else "",
+        "<section class='block'><h2>Last poll failures</h2>",
         _table(["time", "stage", "message"], failures) if failures else "<p>none</p>",
         f"</section><p class='muted'>lektrico-exporter {_e(__version__)}</p></main></body></html>",
     ]

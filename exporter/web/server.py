@@ -37,6 +37,8 @@ MAX_TARGET = 255
 # A connection that sends no complete request for this long is closed (aiohttp's own default is
 # an hour), so half-open and slowloris clients cannot pile up connections.
 IDLE_TIMEOUT = 75.0
+RECENT_SESSIONS = 10  # on a device's page, from the last 30 days
+RECENT_SESSIONS_DAYS = 30
 
 
 @dataclass(frozen=True)
@@ -152,7 +154,15 @@ class Web:
         dev = self.poller.devices.get(name)
         if dev is None:
             raise web.HTTPNotFound(text="no such device\n")
-        page = pages.device_page(dev, self.status.devices.get(name), self.grafana_url, time.time())
+        now = time.time()
+        recent: list[Session] = []
+        if self.sessions is not None:
+            found = await self.sessions.query(
+                devices=[name], since=now - RECENT_SESSIONS_DAYS * 86400
+            )
+            recent = found[-RECENT_SESSIONS:][::-1]
+        status = self.status.devices.get(name)
+        page = pages.device_page(dev, status, self.grafana_url, now, recent)
         return web.Response(
             text=page, content_type="text/html", charset="utf-8", headers=pages.SECURITY_HEADERS
         )
