@@ -231,7 +231,9 @@ class Extractor:
         current = None
         if enabled:
             minute = week_minute(self.now, self._zone())
-            current = active_interval(intervals, minute, self.dropped)
+            # Both rows read the intervals; unreadable ones count once, with "active".
+            drops = self.dropped if ex.part == "active" else Counter()
+            current = active_interval(intervals, minute, drops)
         if ex.part == "active":
             return [Sample(metric.name, (), 0.0 if current is None else 1.0)]
         if current is None:
@@ -557,8 +559,11 @@ def active_interval(intervals: list[Any], minute: int, dropped: Counter[str]) ->
         start = _point(interval, _INTERVAL_KEYS)
         end = _point(interval, _INTERVAL_END_KEYS)
         current, reason = to_number(interval.get("current"))
-        if start is None or end is None or current is None:
-            dropped[reason or "out_of_range"] += 1
+        if start is None or end is None:
+            dropped["out_of_range"] += 1
+            continue
+        if current is None:
+            dropped[reason or "type"] += 1
             continue
         inside = start <= minute < end if start <= end else minute >= start or minute < end
         if inside:

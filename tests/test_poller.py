@@ -703,3 +703,126 @@ async def test_request_budget_first_poll_steady_state_and_unsupported_methods(
     assert set(lacks) <= set(unsupported)
     for method in unsupported:  # once at the start, then once per identity interval
         assert asked[method] <= 3 + 1, (method, asked[method])
+
+
+# ---- re-identification: a firmware update, another unit at the address ----------------------
+
+
+async def test_firmware_change_in_the_main_reply_reidentifies_in_the_same_poll(
+    make_fleet: FleetFactory,
+) -> None:
+    fleet = await make_fleet([DeviceSpec("c1", "1p7k", seed=1, lacks=("Logged_errors.Get",))])
+    device = fleet.device("c1")
+    firmware = {"fw_version": "1.60", "fw_id": "old"}
+    override_replies(
+        fleet,
+        "c1",
+        {
+            "Charger_info.Get": lambda: {**device.read("Charger_info.Get"), **firmware},
+            "Sw_version.Get": lambda: dict(firmware),
+        },
+    )
+    poller = Poller(FAST, [])  # identity refresh due in 600 s only
+    poller.set_targets(targets(fleet))
+    st = poller.devices["c1"]
+    try:
+        before = await settle(poller, "c1")
+        firmware.update(fw_version="1.62", fw_id="new")
+        start = len(fleet.calls)
+        after = await poller.poll(st)
+        asked = [c.rpc_method for c in fleet.calls[start:]]
+        await settle(poller, "c1", 3)
+        again = [c.rpc_method for c in fleet.calls[start:]]
+    finally:
+        await poller.close()
+    info = {
+        dict(s.labels)["fw_version"]: dict(s.labels)["fw_id"]
+        for s in after.samples
+        if s.metric == "lektrico_device_info"
+    }
+    assert (
+        dict(next(s.labels for s in before.samples if s.metric == "lektrico_device_info"))[
+            "fw_version"
+        ]
+        == "1.60"
+    )
+    assert info == {"1.62": "new"}
+    assert asked[:4] == [
+        "Charger_info.Get",
+        "Device_id.Get",
+        "Charger_config.Get",
+        "Sw_version.Get",
+    ]
+    # An unsupported method is asked again on new firmware (with the slow ones, two a poll).
+    assert again.count("Logged_errors.Get") == 1
+
+
+async def test_charger_swapped_for_a_meter_is_up_as_the_meter_in_the_same_poll(
+    make_fleet: FleetFactory,
+) -> None:
+    charger = await make_fleet([DeviceSpec("unit", "1p7k", seed=1)], frozen=True)
+    port = int(charger.host("unit").rsplit(":", 1)[1])
+    poller = Poller(FAST, [])
+    poller.set_targets(targets(charger))
+    st = poller.devices["unit"]
+    try:
+        was = await settle(poller, "unit")
+        await charger.stop()
+        meter = await make_fleet([DeviceSpec("unit", "3em", seed=2, port=port)], frozen=True)
+        now = await poller.poll(st)
+        later = await settle(poller, "unit", 3)
+    finally:
+        await poller.close()
+    assert was.up and was.model == "1p7k"
+    assert now.up and now.model == "3em" and later.up
+    metrics = {s.metric for s in later.samples}
+    assert "lektrico_meter_power_watts" in metrics
+    assert not metrics & {"lektrico_power_watts", "lektrico_charger_state", "lektrico_error_logged"}
+    info = dict(next(s.labels for s in later.samples if s.metric == "lektrico_device_info"))
+    assert info["device_id"] == meter.device("unit").device_id
+    assert info["fw_version"] == "1.15" and info["serial"] == str(meter.device("unit").serial)
+    assert supported(later).get("Charger_info.Get") is None  # nothing of the charger stays
+
+
+async def test_charger_swapped_for_another_charger_keeps_nothing_of_the_first(
+    make_fleet: FleetFactory,
+) -> None:
+    first = await make_fleet([DeviceSpec("unit", "3p22k", seed=1)], frozen=True)
+    port = int(first.host("unit").rsplit(":", 1)[1])
+    settings = PollSettings(interval=0.5, timeout=0.3, slow_interval=60.0, identity_interval=0.0)
+    poller = Poller(settings, [])  # identity every poll: the swap is seen at the next one
+    poller.set_targets(targets(first))
+    st = poller.devices["unit"]
+    try:
+        was = await settle(poller, "unit")
+        await first.stop()
+        second = await make_fleet([DeviceSpec("unit", "1p7k-old", seed=5, port=port)], frozen=True)
+        now = await poller.poll(st)
+    finally:
+        await poller.close()
+    assert was.model == "3p22k" and now.up and now.model == "1p7k"
+    info = dict(next(s.labels for s in now.samples if s.metric == "lektrico_device_info"))
+    assert info["device_id"] == second.device("unit").device_id
+    assert info["fw_version"] == "1.47" and info["board_revision"] == ""  # old firmware's
+    # The old unit's slow values are gone until the new unit answers them.
+    assert value(now, "lektrico_current_amperes", phase="L3") is None
+
+
+async def test_compressing_device_is_up_with_the_same_values(make_fleet: FleetFactory) -> None:
+    plain_fleet = await make_fleet([DeviceSpec("c", "3p22k", seed=1)], frozen=True)
+    gzip_fleet = await make_fleet([DeviceSpec("c", "3p22k", seed=1, compress="gzip")], frozen=True)
+    poller = Poller(FAST, [])
+    poller.set_targets([Target("plain", plain_fleet.url("c")), Target("gz", gzip_fleet.url("c"))])
+    try:
+        plain = await settle(poller, "plain")
+        packed = await settle(poller, "gz")
+    finally:
+        await poller.close()
+    assert packed.up, packed.error
+
+    def values(r: Reading) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        skip = {"lektrico_poll_duration_seconds", "lektrico_last_poll_success_timestamp_seconds"}
+        return {(s.metric, s.labels): s.value for s in r.samples if s.metric not in skip}
+
+    assert values(packed) == values(plain)
+    assert value(packed, "lektrico_power_watts") is not None
