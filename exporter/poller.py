@@ -202,6 +202,10 @@ class DevicePoller:
             st.fetched.update(ctx.fetched)
             self._succeeded(st, ctx, wall)
         else:
+            if ctx.identified:
+                # What an identification in a failing poll learnt (every method "unknown" on
+                # a device answering nothing right) is checked again at the next good poll.
+                st.fetched.pop("identity", None)
             self._failed(st, failure)
         reading = self._reading(st, wall, duration, failure)
         st.reading = reading

@@ -826,3 +826,23 @@ async def test_compressing_device_is_up_with_the_same_values(make_fleet: FleetFa
 
     assert values(packed) == values(plain)
     assert value(packed, "lektrico_power_watts") is not None
+
+
+async def test_methods_seen_failing_while_the_device_was_down_are_asked_again_once_it_is_back(
+    make_fleet: FleetFactory,
+) -> None:
+    fleet = await make_fleet([DeviceSpec("c1", "1p7k", seed=1)], frozen=True)
+    poller = Poller(FAST, [])  # identity refresh due in 600 s only
+    poller.set_targets(targets(fleet))
+    st = poller.devices["c1"]
+    try:
+        await settle(poller, "c1")
+        fleet.set_fault("c1", "rpcerror")  # every method: error frame -1
+        down = await poller.poll(st)
+        fleet.set_fault("c1", "none")
+        back = await settle(poller, "c1")
+    finally:
+        await poller.close()
+    assert not down.up and down.reason == "rpc"
+    assert back.up and supported(back)["Device_id.Get"] == 1
+    assert supported(back)["Sw_version.Get"] == 1

@@ -857,3 +857,38 @@ def test_schedules_are_readable_intervals_and_app_config_says_whether_they_are_o
             assert interval["current"] == 0 or 6 <= interval["current"] <= 32
         assert not enabled or schedule
     assert any(enabled for _, enabled in schedules) and any(not s for s, _ in schedules)
+
+
+def test_cli_sets_the_unknown_method_answer_and_compression_of_every_device() -> None:
+    default = plan("--devices", "2", "--mix", "1p7k,3em")
+    chosen = plan("--devices", "2", "--unknown-method", "rpc-1", "--compress", "gzip")
+    assert [s.unknown_method for s in default] == [None, None]  # as each profile answers
+    assert [(s.unknown_method, s.compress) for s in chosen] == [("rpc-1", "gzip")] * 2
+    with pytest.raises(SystemExit):
+        plan("--unknown-method", "teapot")
+
+
+@bounded()
+async def test_control_api_changes_the_unknown_method_answer_and_compression(
+    fleet: SimulatedFleet, session: aiohttp.ClientSession
+) -> None:
+    control = ControlServer([fleet])
+    await control.start()
+    try:
+        async with session.post(control.url + "/devices/c1/unknown", json={"mode": "html"}) as r:
+            answered = (r.status, (await r.json())["unknown"])
+        async with session.post(control.url + "/devices/c1/unknown", json={"mode": "x"}) as r:
+            refused = r.status
+        async with session.post(control.url + "/devices/c1/compress", json={"mode": "gzip"}) as r:
+            compressed = (r.status, (await r.json())["compress"])
+        async with session.get(fleet.url("c1") + "/rpc/Nothing.Get") as resp:
+            page = resp.content_type
+    finally:
+        await control.stop()
+    assert answered == (200, "html") and refused == 400 and compressed == (200, "gzip")
+    assert page == "text/html"
+
+
+def test_a_spec_lacking_a_method_its_profile_does_not_have_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"Nothing\.Get"):
+        SimulatedFleet([DeviceSpec("c", "1p7k", lacks=("Nothing.Get",))])
