@@ -18,9 +18,9 @@
   a poll), and those that matter only when a switch is on (schedule, energy management) or that
   the main reply already carries, once per identity interval. A device's first poll sends at
   most FIRST_POLL_REQUESTS (8 for a charger, 5 for a meter), the slow methods left over
-  following two a poll, and none of them if the poller is busy or the poll follows a failure;
-  all again, two a poll, when a device is back after failures; counters again when the session
-  changes.
+  following two a poll (two a poll from the start if the poller is busy or the poll follows a
+  failure); all again, two a poll, when a device is back after failures; counters again when
+  the session changes.
 - One connection a poll, closed at its end: nothing idle is kept on the devices.
 - A device that keeps failing is polled less often (exponential backoff up to `max_backoff`),
   and its `lektrico_up 0` is republished at every attempt.
