@@ -230,13 +230,16 @@ class DevicePoller:
         assert st.model is not None
         main = cat.MAIN_METHOD[st.model.kind]
         previous = st.replies.get(main, {})
+        new_firmware = _changed(previous, reply, "fw_version")
         if not ctx.identified and (
             ctx.now - st.fetched.get("identity", -math.inf) >= self.settings.identity_interval
-            or _changed(previous, reply, "fw_version")
+            or new_firmware
             or _changed({"device_id": st.device_id}, reply, "device_id")
         ):
             kind = st.model.kind
             await self._identify(st, ctx)
+            if new_firmware:  # what it has may have changed: every slow method is due again
+                self._slow_due_again(st)
             if st.model.kind != kind:  # another kind of unit answered the old main method
                 reply = await self._main(st, ctx)
                 main = cat.MAIN_METHOD[st.model.kind]
@@ -316,7 +319,6 @@ class DevicePoller:
         st.model = model
         for method in cat.IDENTITY_METHODS[model.kind]:
             await self._optional(st, ctx, method)
-        self._slow_due_again(st)  # cleared unsupported ones, and a new unit's, are due
 
     def _forget(self, st: DeviceState, ctx: _Poll) -> None:
         """Drop everything read from the unit that was at this address before."""
