@@ -974,7 +974,7 @@ CATALOGUE: tuple[Metric, ...] = (
     Metric(
         "lektrico_values_dropped_total",
         Kind.COUNTER,
-        "Device values dropped as implausible (non-finite, out of range, wrong type).",
+        "Device values dropped: implausible (non-finite, out of range, wrong type) or duplicate.",
         "",
         Group.EXPORTER,
         BOTH,
