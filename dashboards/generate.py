@@ -467,6 +467,56 @@ def fleet_overview() -> JSON:
             maximum=-30,
         ),
     )
+    lay.add(
+        Row("Firmware and capabilities"),
+        table(
+            "Firmware inventory",
+            "How many devices run each model and firmware version.",
+            [
+                prom(
+                    f"count by (model, fw_version) (lektrico_device_info{{{SEL}}})",
+                    table=True,
+                )
+            ],
+            width=8,
+            height=9,
+            transformations=[organize(hide=["Time"], rename={"Value": "devices"})],
+            sort_by="devices",
+        ),
+        bargauge(
+            "Devices without a method",
+            "Read methods the devices' firmware does not have, and how many devices lack each "
+            "(lektrico_method_supported 0). They are asked once an identity refresh, and cost "
+            "only their own values: such a device is still up.",
+            [
+                prom(
+                    f"count by (method) (lektrico_method_supported{{{SEL}}} == 0)",
+                    "{{method}}",
+                    instant=True,
+                )
+            ],
+            "none",
+            width=8,
+            height=9,
+        ),
+        table(
+            "Method failures per device",
+            "Failures of read methods other than the main one in the selected range, by "
+            "method and reason (timeout, connect, http, json, rpc, schema, unsupported); "
+            "these never mark a device down.",
+            [
+                prom(
+                    "sum by (device, method, reason) "
+                    f"(increase(lektrico_method_errors_total{{{SEL}}}[$__range])) > 0",
+                    table=True,
+                )
+            ],
+            width=8,
+            height=9,
+            transformations=[organize(hide=["Time"], rename={"Value": "failures"})],
+            sort_by="failures",
+        ),
+    )
     group = query_variable(
         "group",
         "Group by",
@@ -481,7 +531,8 @@ def fleet_overview() -> JSON:
         "lektrico-fleet-overview",
         "Lektrico fleet overview",
         "All Lektri.co chargers and energy meters: up/down, power, energy, sessions, states, "
-        "errors, current-limit reasons, temperatures and Wi-Fi.",
+        "errors, current-limit reasons, temperatures, Wi-Fi, firmware and the read methods "
+        "each firmware supports.",
         [*prometheus_variables("multi"), group, adhoc_variable("prometheus")],
         lay,
     )
@@ -777,6 +828,56 @@ def device_detail() -> JSON:
         ),
     )
     lay.add(
+        Row("Schedule and phase switching"),
+        stat(
+            "Schedule",
+            "Whether the charging schedule is enabled (App_config).",
+            [prom(f"lektrico_schedule_enabled{{{DEV}}}", instant=True)],
+            "none",
+            mappings=[ON_OFF],
+            no_value=NOT_A_CHARGER,
+        ),
+        stat(
+            "Schedule interval now",
+            "Whether an interval of the enabled schedule covers the charger's local time now "
+            "(its own time zone).",
+            [prom(f"lektrico_schedule_active{{{DEV}}}", instant=True)],
+            "none",
+            mappings=[YES_NO],
+            no_value=NOT_A_CHARGER,
+        ),
+        stat(
+            "Schedule current",
+            "Current the active schedule interval allows; 0 A: charging paused by the "
+            "schedule. Empty when no interval is active.",
+            [prom(f"lektrico_schedule_current_amperes{{{DEV}}}", instant=True)],
+            "amp",
+            no_value="no interval active",
+        ),
+        stat(
+            "Schedule intervals",
+            "Intervals in the charger's weekly schedule.",
+            [prom(f"lektrico_schedule_intervals{{{DEV}}}", instant=True)],
+            "none",
+            no_value=NOT_A_CHARGER,
+        ),
+        stat(
+            "Relay mode",
+            "Relay (phase switching) mode the charger reports in Dynamic_current.Get or "
+            "Charger_info.Get; empty on firmware that does not report it.",
+            [prom(f"lektrico_relay_mode{{{DEV}}}", instant=True)],
+            "none",
+            no_value="not reported",
+        ),
+        timeseries(
+            "Schedule current over time",
+            "Current the active schedule interval allowed; gaps where none was active.",
+            [prom(f"lektrico_schedule_current_amperes{{{DEV}}}", "schedule")],
+            "amp",
+            width=4,
+        ),
+    )
+    lay.add(
         Row("Identity"),
         table(
             "Identity and firmware",
@@ -799,6 +900,32 @@ def device_detail() -> JSON:
             width=8,
             height=4,
             transformations=[organize(hide=["Time", "Value"])],
+        ),
+        table(
+            "Read methods",
+            "Each read method the exporter asked this device for: supported (it answered) or "
+            "not (its firmware lacks it; asked again once an identity refresh).",
+            [prom(f"max by (method) (lektrico_method_supported{{{DEV}}})", table=True)],
+            width=12,
+            height=8,
+            transformations=[organize(hide=["Time"], rename={"Value": "supported"})],
+            overrides=[override("supported", {"mappings": [YES_NO]})],
+        ),
+        table(
+            "Method failures in range",
+            "Failures of read methods other than the main one, by method and reason; they "
+            "never mark the device down.",
+            [
+                prom(
+                    "sum by (method, reason) "
+                    f"(increase(lektrico_method_errors_total{{{DEV}}}[$__range]))",
+                    table=True,
+                )
+            ],
+            width=12,
+            height=8,
+            transformations=[organize(hide=["Time"], rename={"Value": "failures"})],
+            sort_by="failures",
         ),
     )
     lay.add(

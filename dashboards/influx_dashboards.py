@@ -684,6 +684,50 @@ def device_detail() -> JSON:
         ),
     )
     lay.add(
+        Row("Schedule, phase switching and read methods"),
+        table(
+            "Schedule and relay mode",
+            "Whether the charging schedule is enabled, whether one of its intervals covers the "
+            "charger's local time now, how many intervals it has, and the relay (phase "
+            "switching) mode the charger reports.",
+            [
+                influxql(
+                    "SELECT "
+                    + ", ".join(
+                        f'last({fld(metric)}) AS "{name}"'
+                        for metric, name in (
+                            ("lektrico_schedule_enabled", "schedule"),
+                            ("lektrico_schedule_active", "interval now"),
+                            ("lektrico_schedule_intervals", "intervals"),
+                            ("lektrico_relay_mode", "relay mode"),
+                        )
+                    )
+                    + f" FROM {meas('lektrico_schedule_enabled')} WHERE {WHERE}",
+                    table=True,
+                )
+            ],
+            width=12,
+            height=6,
+            mappings=ON_OFF,
+            transformations=[organize(hide=["Time"])],
+        ),
+        table(
+            "Read methods",
+            "Each read method the exporter asked this device for: true when it answered, "
+            "false when its firmware lacks it (asked again once an identity refresh).",
+            [
+                influxql(
+                    f"SELECT last({fields_matching('lektrico_method_supported')}) "
+                    f"FROM {meas('lektrico_method_supported')} WHERE {WHERE}",
+                    table=True,
+                )
+            ],
+            width=12,
+            height=6,
+            transformations=[organize(hide=["Time"])],
+        ),
+    )
+    lay.add(
         Row("Energy meter"),
         timeseries(
             "Meter power per phase",

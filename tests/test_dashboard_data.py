@@ -36,6 +36,7 @@ from exporter.outputs.influx.writer import InfluxWriter
 from exporter.reading import Reading
 from exporter.simulator.server import DeviceSpec, SimulatedFleet
 
+from .conftest import override_replies
 from .servers import InfluxDB1, Prometheus, VictoriaMetrics, free_port, require_binary
 from .test_dashboards import (
     INFLUX_FILES,
@@ -55,12 +56,16 @@ pytestmark = pytest.mark.server
 
 # Both charger generations and both meters; the first of each kind is the device-detail pick.
 FLEET = (
-    DeviceSpec("charger-3p", "3p22k", seed=11),
+    # A method failing at every slow poll (cut short): the method failure panels have data,
+    # and it costs only System_currents' own limits.
+    DeviceSpec("charger-3p", "3p22k", seed=11, method_faults={"System_currents.Get": "truncated"}),
     DeviceSpec("charger-1p", "1p7k", seed=12),
     DeviceSpec("charger-old", "1p7k-old", seed=13),
     DeviceSpec("meter-3p", "3em", seed=14),
     DeviceSpec("meter-1p", "em", seed=15),
 )
+ALL_WEEK = {"start_d": 1, "start_h": 0, "start_m": 0, "end_d": 7, "end_h": 23, "end_m": 59}
+ALL_WEEK |= {"current": 16, "lb_mode": 1}
 KIND = {"3p22k": cat.CHARGER, "1p7k": cat.CHARGER, "1p7k-old": cat.CHARGER}
 SITES = ("home", "office")
 JOB = "lektrico"
@@ -186,6 +191,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     port = free_port()
     metrics = SelfMetrics()
     fleet = SimulatedFleet(list(FLEET), speed=60.0)
+    charger = fleet.device("charger-3p")
+    # A schedule enabled and covering the whole week, so the schedule panels have data
+    # whatever the time the test runs at.
+    override_replies(
+        fleet,
+        "charger-3p",
+        {
+            "App_config.Get": lambda: {
+                **charger.read("App_config.Get"),
+                "charging_schedule_enabled": True,
+            },
+            "Charging_schedule.Get": {"charging_schedule": [ALL_WEEK]},
+        },
+    )
     exporter: Exporter | None = None
     writer: InfluxWriter | None = None
     servers: Servers | None = None

@@ -156,6 +156,8 @@ def label_values(metric: cat.Metric) -> tuple[str, ...]:
         return tuple(name for name, _ in extract.fields if name not in POINT_TAGS)
     if metric.name == "lektrico_poll_errors_total":
         return cat.POLL_ERROR_REASONS
+    if metric.name == "lektrico_method_supported":
+        return tuple(m.name for m in cat.METHODS)
     return ()
 
 

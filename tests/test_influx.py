@@ -293,7 +293,9 @@ def label_values(metric: cat.Metric) -> tuple[str, ...]:
     if metric.name == "lektrico_poll_errors_total":
         return cat.POLL_ERROR_REASONS
     if metric.name == "lektrico_values_dropped_total":
-        return ("type", "non_finite", "out_of_range")
+        return ("type", "non_finite", "out_of_range", "duplicate")
+    if metric.name == "lektrico_method_supported":
+        return tuple(m.name for m in cat.METHODS)
     raise AssertionError(f"{metric.name}: which label values?")
 
 

@@ -648,3 +648,166 @@ def test_any_reply_gives_statesets_with_exactly_one_series_at_one(
             if values:
                 assert values.count(1.0) == 1, (name, values)
                 assert set(values) <= {0.0, 1.0}, (name, values)
+
+
+# ---- flag keys that clean to the same label ----------------------------------------------------
+
+
+def test_flag_keys_that_clean_alike_give_one_series_active_wins_and_count() -> None:
+    long = "x" * 200
+    errors = {
+        "overtemp": False,
+        "overtemp ": True,
+        long + "a": False,
+        long + "b": True,
+        "state_machine_e_activated": True,
+        "state_e_activated": False,
+    }
+    dropped: Counter[str] = Counter()
+    reply = normalise_reply(errors, AE)
+
+    samples = extract(cat.MODELS["1p7k"], {CI: capture(FW147), AE: reply}, dropped)
+
+    flags = series(samples, "lektrico_error_active")
+    assert len(flags) == len(set(flags)) == 3
+    assert one(samples, "lektrico_error_active", error="overtemp") == 1
+    assert one(samples, "lektrico_error_active", error="state_e_activated") == 1
+    assert one(samples, "lektrico_error_active", error="x" * 128) == 1
+    assert dropped["duplicate"] == 3
+
+
+def test_flag_merge_does_not_depend_on_the_order_of_the_keys() -> None:
+    forward = {"rcd_error": True, "rcd_error\t": False}
+    backward = {"rcd_error\t": False, "rcd_error": True}
+    results = [
+        extract(cat.MODELS["1p7k"], {AE: normalise_reply(r, AE)}, Counter())
+        for r in (forward, backward)
+    ]
+    assert results[0] == results[1]
+    assert one(results[0], "lektrico_error_active", error="rcd_error") == 1
+
+
+# ---- meters: serial and board revision from M2w_config -----------------------------------------
+
+
+def test_meter_serial_and_board_revision_come_from_m2w_config() -> None:
+    replies = {
+        "Device_id.Get": {"device_id": "m2w_81500123"},
+        "M2w_config.Get": {"serial_number": 500123, "board_revision": "B"},
+        MI: {"current": [1.0, 0, 0], "voltage": [230.0, 0, 0], "active_p": [230.0, 0, 0]},
+    }
+    samples = run("em", replies)
+    assert label(samples, "lektrico_device_info", "serial") == "500123"
+    assert label(samples, "lektrico_device_info", "board_revision") == "B"
+
+
+def test_meter_serial_is_never_guessed_from_its_device_id() -> None:
+    replies = {
+        "Device_id.Get": {"device_id": "m2w_81500123"},
+        MI: {"current": [1.0, 0, 0], "voltage": [230.0, 0, 0], "active_p": [230.0, 0, 0]},
+    }
+    assert label(run("em", replies), "lektrico_device_info", "serial") == ""
+
+
+def test_unknown_load_balancing_mode_still_gets_a_series() -> None:
+    samples = run("em", {AC: {**capture(EM_APP_CONFIG), "load_balancing_mode": 9}})
+    assert one(samples, "lektrico_meter_load_balancing_mode", mode="unknown") == 1
+    assert one(samples, "lektrico_meter_load_balancing_mode", mode="power_share") == 0
+
+
+@pytest.mark.parametrize("code", range(12))
+def test_every_documented_limit_reason_is_its_own_series(code: int) -> None:
+    samples = run("1p7k", {CI: charger_info(current_limit_reason=code)})
+    on = [
+        dict(s.labels)["reason"]
+        for s in samples
+        if s.metric == "lektrico_current_limit_reason" and s.value
+    ]
+    assert on == [cat.LIMIT_REASONS[code]]
+
+
+# ---- Dynamic_current and the charging schedule -------------------------------------------------
+
+CS = "Charging_schedule.Get"
+DC = "Dynamic_current.Get"
+NIGHTS = [
+    {"start_d": d, "start_h": 22, "start_m": 0, "end_d": d % 7 + 1, "end_h": 6, "end_m": 0}
+    | {"current": 16, "lb_mode": 1}
+    for d in range(1, 6)
+]
+# Tuesday 2025-12-02 21:30 UTC: 23:30 in Bucharest (UTC+2), 22:30 at gmt_offset 1.
+TUESDAY_2130_UTC = 1764711000.0
+
+
+def schedule(now: float, **app: Any) -> list[Sample]:
+    replies = {
+        CI: charger_info(),
+        AC: {"charging_schedule_enabled": True, **app},
+        CS: {"charging_schedule": NIGHTS},
+    }
+    normalised = {m: normalise_reply(r) for m, r in replies.items()}
+    return extract(cat.MODELS["1p7k"], normalised, Counter(), now=now)
+
+
+def test_schedule_is_evaluated_in_the_chargers_time_zone() -> None:
+    bucharest = schedule(TUESDAY_2130_UTC - 3600, timezone="Europe/Bucharest")  # 22:30 there
+    utc = schedule(TUESDAY_2130_UTC - 3600, timezone="")  # 20:30 UTC, no gmt_offset
+    assert one(bucharest, "lektrico_schedule_active") == 1
+    assert one(bucharest, "lektrico_schedule_current_amperes") == 16
+    assert one(utc, "lektrico_schedule_active") == 0
+    assert one(utc, "lektrico_schedule_current_amperes") is None
+    assert one(utc, "lektrico_schedule_intervals") == 5
+
+
+def test_schedule_falls_back_to_gmt_offset_without_a_known_time_zone() -> None:
+    at = TUESDAY_2130_UTC - 3600  # 20:30 UTC
+    assert one(schedule(at, timezone="Mars/Olympus", gmt_offset=2), "lektrico_schedule_active") == 1
+    assert one(schedule(at, gmt_offset=1), "lektrico_schedule_active") == 0
+
+
+def test_schedule_interval_over_the_weeks_end_wraps() -> None:
+    sunday_night = {"start_d": 7, "start_h": 23, "start_m": 0, "end_d": 1, "end_h": 1, "end_m": 0}
+    replies = {
+        AC: {"charging_schedule_enabled": True, "timezone": "UTC"},
+        CS: {"charging_schedule": [sunday_night | {"current": 0}]},
+    }
+    monday_0030 = 1764549000.0  # 2025-12-01 00:30 UTC, a Monday
+    samples = extract(cat.MODELS["1p7k"], replies, Counter(), now=monday_0030)
+    assert one(samples, "lektrico_schedule_active") == 1
+    assert one(samples, "lektrico_schedule_current_amperes") == 0  # paused by the schedule
+
+
+def test_disabled_schedule_is_never_active() -> None:
+    samples = schedule(
+        TUESDAY_2130_UTC, timezone="Europe/Bucharest", charging_schedule_enabled=False
+    )
+    assert one(samples, "lektrico_schedule_enabled") == 0
+    assert one(samples, "lektrico_schedule_active") == 0
+    assert one(samples, "lektrico_schedule_current_amperes") is None
+
+
+def test_unreadable_schedule_intervals_are_skipped_and_counted() -> None:
+    replies = {
+        AC: {"charging_schedule_enabled": True, "timezone": "UTC"},
+        CS: {"charging_schedule": [{"start_d": 9}, "nonsense", NIGHTS[0]]},
+    }
+    dropped: Counter[str] = Counter()
+    samples = extract(cat.MODELS["1p7k"], replies, dropped, now=TUESDAY_2130_UTC + 3 * 3600)
+    assert one(samples, "lektrico_schedule_intervals") == 3
+    assert dropped["out_of_range"] == 1 and dropped["type"] == 1
+
+
+def test_relay_mode_and_dynamic_limit_come_from_dynamic_current_when_charger_info_lacks_them() -> (
+    None
+):
+    info = without(capture(FW147), "dynamic_current")
+    samples = run("3p22k", {CI: info, DC: {"dynamic_current": 12, "relay_mode": 1}})
+    assert one(samples, "lektrico_relay_mode") == 1
+    assert one(samples, "lektrico_current_limit_amperes", limit="dynamic") == 12
+
+
+def test_dynamic_current_with_the_specs_trailing_space_is_read() -> None:
+    info = without(capture(FW147), "dynamic_current")
+    samples = run("1p7k", {CI: info, DC: {"dynamic_current ": 10}})
+    assert one(samples, "lektrico_current_limit_amperes", limit="dynamic") == 10
+    assert one(samples, "lektrico_relay_mode") is None  # absent when not reported

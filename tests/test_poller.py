@@ -46,6 +46,15 @@ def value(reading: Reading, metric: str, **labels: str) -> float | None:
     return None
 
 
+async def settle(poller: Poller, name: str, polls: int = 4) -> Reading:
+    """Poll until the slow methods a first poll leaves over are in (two a poll)."""
+    st = poller.devices[name]
+    reading = await poller.poll(st)
+    for _ in range(polls - 1):
+        reading = await poller.poll(st)
+    return reading
+
+
 async def run_poller(poller: Poller, seconds: float) -> None:
     task = asyncio.create_task(poller.run())
     await asyncio.sleep(seconds)
@@ -82,6 +91,8 @@ async def test_steady_state_is_one_request_per_poll(make_fleet: FleetFactory) ->
     st = poller.devices["c1"]
     try:
         first = await poller.poll(st)
+        assert len(fleet.calls) <= 8
+        await settle(poller, "c1", 3)
         after_first = len(fleet.calls)
         for _ in range(10):
             await poller.poll(st)
@@ -90,13 +101,18 @@ async def test_steady_state_is_one_request_per_poll(make_fleet: FleetFactory) ->
     assert first.up
     methods = {c.rpc_method for c in fleet.calls[:after_first]}
     assert {
-        "Device_info.Get",
+        "Device_id.Get",
+        "Charger_config.Get",
+        "Sw_version.Get",
         "Charger_info.Get",
         "Counters_config.Get",
         "System_currents.Get",
         "Wifi_status.Get",
         "App_config.Get",
         "Logged_errors.Get",
+        "EM_status.Get",
+        "Dynamic_current.Get",
+        "Charging_schedule.Get",
     } <= methods
     assert [c.rpc_method for c in fleet.calls[after_first:]] == ["Charger_info.Get"] * 10
 
@@ -119,7 +135,7 @@ async def test_active_errors_asked_only_when_charger_reports_them(
     poller.set_targets(targets(fleet))
     st = poller.devices["c1"]
     try:
-        quiet = await poller.poll(st)
+        quiet = await settle(poller, "c1")
         flagged["value"] = True
         before = len(fleet.calls)
         loud = await poller.poll(st)
@@ -147,8 +163,7 @@ async def test_counters_refreshed_when_session_changes(make_fleet: FleetFactory)
     poller.set_targets(targets(fleet))
     st = poller.devices["c1"]
     try:
-        await poller.poll(st)
-        await poller.poll(st)
+        await settle(poller, "c1")
         before = len(fleet.calls)
         session["id"] = 8
         await poller.poll(st)
@@ -166,7 +181,7 @@ async def test_concurrent_polls_of_one_device_share_one_request(
     poller.set_targets(targets(fleet))
     st = poller.devices["c1"]
     try:
-        await poller.poll(st)
+        await settle(poller, "c1")
         before = len(fleet.calls)
         readings = await asyncio.gather(*(poller.poll(st) for _ in range(5)))
     finally:
@@ -227,7 +242,9 @@ async def test_faulty_device_is_down_with_reason(
         "lektrico_poll_duration_seconds",
         "lektrico_last_poll_success_timestamp_seconds",
         "lektrico_device_info",
+        "lektrico_method_supported",
         "lektrico_poll_errors_total",
+        "lektrico_method_errors_total",
         "lektrico_values_dropped_total",
     }
     assert live == set()
@@ -256,7 +273,7 @@ async def test_method_spelling_fallback_is_remembered(
     poller.set_targets(targets(fleet))
     st = poller.devices["c1"]
     try:
-        first = await poller.poll(st)
+        first = await settle(poller, "c1")
         before = len(fleet.calls)
         second = await poller.poll(st)
     finally:
@@ -286,7 +303,7 @@ async def test_old_firmware_without_methods_stays_up(make_fleet: FleetFactory) -
     poller.set_targets(targets(fleet))
     st = poller.devices["old"]
     try:
-        first = await poller.poll(st)
+        first = await settle(poller, "old")
         second = await poller.poll(st)
     finally:
         await poller.close()
@@ -531,3 +548,301 @@ async def test_a_poll_leaves_no_connection_open_on_the_device() -> None:
         server.close()
         await server.wait_closed()
     assert len(opened) >= 3  # identity, main method, slow methods: a connection each
+
+
+# ---- device methods and firmware: up from the main method only ------------------------------
+
+UNKNOWN_ANSWERS = ("http404", "http500", "html", "rpc-1", "rpc-6", "rpc-32601")
+# Half the optional methods of a v2.0 charger, and the identity extras.
+LACKING = (
+    "Charger_config.Get",
+    "Sw_version.Get",
+    "Counters_config.Get",
+    "Logged_errors.Get",
+    "Dynamic_current.Get",
+    "Charging_schedule.Get",
+)
+
+
+def supported(reading: Reading) -> dict[str, float]:
+    return {
+        dict(s.labels)["method"]: s.value
+        for s in reading.samples
+        if s.metric == "lektrico_method_supported"
+    }
+
+
+def method_errors(reading: Reading) -> dict[tuple[str, str], float]:
+    return {
+        (dict(s.labels)["method"], dict(s.labels)["reason"]): s.value
+        for s in reading.samples
+        if s.metric == "lektrico_method_errors_total"
+    }
+
+
+@pytest.mark.parametrize("answer", UNKNOWN_ANSWERS)
+async def test_charger_answering_unknown_methods_any_way_is_up_with_what_it_supports(
+    make_fleet: FleetFactory, answer: str
+) -> None:
+    spec = DeviceSpec("c1", "1p7k", seed=1, unknown_method=answer, lacks=LACKING)
+    fleet = await make_fleet([spec], frozen=True)
+    poller = Poller(FAST, [])
+    poller.set_targets(targets(fleet))
+    try:
+        readings = [await poller.poll(poller.devices["c1"]) for _ in range(4)]
+    finally:
+        await poller.close()
+    assert all(r.up for r in readings), [r.error for r in readings]
+    known = supported(readings[-1])
+    assert {m: known[m] for m in LACKING} == dict.fromkeys(LACKING, 0.0)
+    assert known["Charger_info.Get"] == known["Device_id.Get"] == known["App_config.Get"] == 1
+    assert method_errors(readings[-1])[("Sw_version.Get", "unsupported")] == 1
+    assert value(readings[-1], "lektrico_power_watts") is not None
+    assert value(readings[-1], "lektrico_current_limit_amperes", limit="cable") is not None
+    # Each method the firmware lacks was asked once, in one spelling.
+    asked = Counter(c.rpc_method for c in fleet.calls)
+    assert all(asked[m] == 1 for m in LACKING), asked
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [("hang", "timeout"), ("reset", "connect"), ("truncated", "http"), ("http500", "unsupported")],
+)
+async def test_optional_method_failing_costs_only_its_values(
+    make_fleet: FleetFactory, fault: str, reason: str
+) -> None:
+    spec = DeviceSpec("c1", "1p7k", seed=1, method_faults={"System_currents.Get": fault})
+    fleet = await make_fleet([spec], frozen=True)
+    poller = Poller(FAST, [])
+    poller.set_targets(targets(fleet))
+    try:
+        readings = [await poller.poll(poller.devices["c1"]) for _ in range(4)]
+    finally:
+        await poller.close()
+    assert all(r.up for r in readings), [r.error for r in readings]
+    last = readings[-1]
+    assert method_errors(last) == {("System_currents.Get", reason): 1}
+    assert value(last, "lektrico_current_limit_amperes", limit="cable") is None
+    assert value(last, "lektrico_current_limit_amperes", limit="install") is not None  # CI
+    assert value(last, "lektrico_sessions_total") is not None
+    assert (
+        value(
+            last, "lektrico_poll_errors_total", reason=reason if reason != "unsupported" else "http"
+        )
+        == 0
+    )
+    if reason == "unsupported":
+        assert supported(last)["System_currents.Get"] == 0
+
+
+async def test_device_is_down_only_when_its_main_method_fails(make_fleet: FleetFactory) -> None:
+    spec = DeviceSpec("c1", "1p7k", seed=1, method_faults={"Charger_info.Get": "http500"})
+    fleet = await make_fleet([spec], frozen=True)
+    poller = Poller(FAST, [])
+    poller.set_targets(targets(fleet))
+    try:
+        reading = await poller.poll(poller.devices["c1"])
+    finally:
+        await poller.close()
+    assert not reading.up and reading.reason == "http"
+    assert "Charger_info.Get" in (reading.error or "")
+
+
+class FakeTime:
+    """The poller's clock, moved by hand: hours of polling in a second of real time."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return time.time()
+
+
+@pytest.mark.parametrize(
+    ("profile", "lacks", "first_budget"),
+    [
+        ("1p7k", (), 8),
+        ("1p7k", LACKING, 8),
+        ("3p22k", (), 8),
+        ("em", (), 5),
+        ("3em", ("Sw_version.Get", "Wifi_status.Get", "Device_info.Get"), 5),
+        ("1p7k-old", (), 8),
+    ],
+)
+async def test_request_budget_first_poll_steady_state_and_unsupported_methods(
+    make_fleet: FleetFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    profile: str,
+    lacks: tuple[str, ...],
+    first_budget: int,
+) -> None:
+    fleet = await make_fleet([DeviceSpec("d", profile, seed=1, lacks=lacks)], frozen=True)
+    clock = FakeTime()
+    monkeypatch.setattr("exporter.device.poller.time", clock)
+    settings = PollSettings()  # 15 s polls, slow methods every 10 min, identity hourly
+    poller = Poller(settings, [])
+    poller.set_targets(targets(fleet))
+    st = poller.devices["d"]
+    polls = int(3 * settings.identity_interval / settings.interval)  # three hours
+    try:
+        first = await poller.poll(st)
+        first_requests = len(fleet.calls)
+        for _ in range(polls - 1):
+            clock.now += settings.interval
+            assert (await poller.poll(st)).up
+    finally:
+        await poller.close()
+    assert first.up and first_requests <= first_budget, [c.rpc_method for c in fleet.calls]
+    steady = (len(fleet.calls) - first_requests) / (polls - 1)
+    assert steady <= 1.2, Counter(c.rpc_method for c in fleet.calls)
+    asked = Counter(c.rpc_method for c in fleet.calls)
+    unsupported = [m for m, ok in st.supported.items() if not ok]
+    assert set(lacks) <= set(unsupported)
+    for method in unsupported:  # once at the start, then once per identity interval
+        assert asked[method] <= 3 + 1, (method, asked[method])
+
+
+# ---- re-identification: a firmware update, another unit at the address ----------------------
+
+
+async def test_firmware_change_in_the_main_reply_reidentifies_in_the_same_poll(
+    make_fleet: FleetFactory,
+) -> None:
+    fleet = await make_fleet([DeviceSpec("c1", "1p7k", seed=1, lacks=("Logged_errors.Get",))])
+    device = fleet.device("c1")
+    firmware = {"fw_version": "1.60", "fw_id": "old"}
+    override_replies(
+        fleet,
+        "c1",
+        {
+            "Charger_info.Get": lambda: {**device.read("Charger_info.Get"), **firmware},
+            "Sw_version.Get": lambda: dict(firmware),
+        },
+    )
+    poller = Poller(FAST, [])  # identity refresh due in 600 s only
+    poller.set_targets(targets(fleet))
+    st = poller.devices["c1"]
+    try:
+        before = await settle(poller, "c1")
+        firmware.update(fw_version="1.62", fw_id="new")
+        start = len(fleet.calls)
+        after = await poller.poll(st)
+        asked = [c.rpc_method for c in fleet.calls[start:]]
+        await settle(poller, "c1", 3)
+        again = [c.rpc_method for c in fleet.calls[start:]]
+    finally:
+        await poller.close()
+    info = {
+        dict(s.labels)["fw_version"]: dict(s.labels)["fw_id"]
+        for s in after.samples
+        if s.metric == "lektrico_device_info"
+    }
+    assert (
+        dict(next(s.labels for s in before.samples if s.metric == "lektrico_device_info"))[
+            "fw_version"
+        ]
+        == "1.60"
+    )
+    assert info == {"1.62": "new"}
+    assert asked[:4] == [
+        "Charger_info.Get",
+        "Device_id.Get",
+        "Charger_config.Get",
+        "Sw_version.Get",
+    ]
+    # An unsupported method is asked again on new firmware (with the slow ones, two a poll).
+    assert again.count("Logged_errors.Get") == 1
+
+
+async def test_charger_swapped_for_a_meter_is_up_as_the_meter_in_the_same_poll(
+    make_fleet: FleetFactory,
+) -> None:
+    charger = await make_fleet([DeviceSpec("unit", "1p7k", seed=1)], frozen=True)
+    port = int(charger.host("unit").rsplit(":", 1)[1])
+    poller = Poller(FAST, [])
+    poller.set_targets(targets(charger))
+    st = poller.devices["unit"]
+    try:
+        was = await settle(poller, "unit")
+        await charger.stop()
+        meter = await make_fleet([DeviceSpec("unit", "3em", seed=2, port=port)], frozen=True)
+        now = await poller.poll(st)
+        later = await settle(poller, "unit", 3)
+    finally:
+        await poller.close()
+    assert was.up and was.model == "1p7k"
+    assert now.up and now.model == "3em" and later.up
+    metrics = {s.metric for s in later.samples}
+    assert "lektrico_meter_power_watts" in metrics
+    assert not metrics & {"lektrico_power_watts", "lektrico_charger_state", "lektrico_error_logged"}
+    info = dict(next(s.labels for s in later.samples if s.metric == "lektrico_device_info"))
+    assert info["device_id"] == meter.device("unit").device_id
+    assert info["fw_version"] == "1.15" and info["serial"] == str(meter.device("unit").serial)
+    assert supported(later).get("Charger_info.Get") is None  # nothing of the charger stays
+
+
+async def test_charger_swapped_for_another_charger_keeps_nothing_of_the_first(
+    make_fleet: FleetFactory,
+) -> None:
+    first = await make_fleet([DeviceSpec("unit", "3p22k", seed=1)], frozen=True)
+    port = int(first.host("unit").rsplit(":", 1)[1])
+    settings = PollSettings(interval=0.5, timeout=0.3, slow_interval=60.0, identity_interval=0.0)
+    poller = Poller(settings, [])  # identity every poll: the swap is seen at the next one
+    poller.set_targets(targets(first))
+    st = poller.devices["unit"]
+    try:
+        was = await settle(poller, "unit")
+        await first.stop()
+        second = await make_fleet([DeviceSpec("unit", "1p7k-old", seed=5, port=port)], frozen=True)
+        now = await poller.poll(st)
+    finally:
+        await poller.close()
+    assert was.model == "3p22k" and now.up and now.model == "1p7k"
+    info = dict(next(s.labels for s in now.samples if s.metric == "lektrico_device_info"))
+    assert info["device_id"] == second.device("unit").device_id
+    assert info["fw_version"] == "1.47" and info["board_revision"] == ""  # old firmware's
+    # The old unit's slow values are gone until the new unit answers them.
+    assert value(now, "lektrico_current_amperes", phase="L3") is None
+
+
+async def test_compressing_device_is_up_with_the_same_values(make_fleet: FleetFactory) -> None:
+    plain_fleet = await make_fleet([DeviceSpec("c", "3p22k", seed=1)], frozen=True)
+    gzip_fleet = await make_fleet([DeviceSpec("c", "3p22k", seed=1, compress="gzip")], frozen=True)
+    poller = Poller(FAST, [])
+    poller.set_targets([Target("plain", plain_fleet.url("c")), Target("gz", gzip_fleet.url("c"))])
+    try:
+        plain = await settle(poller, "plain")
+        packed = await settle(poller, "gz")
+    finally:
+        await poller.close()
+    assert packed.up, packed.error
+
+    def values(r: Reading) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        skip = {"lektrico_poll_duration_seconds", "lektrico_last_poll_success_timestamp_seconds"}
+        return {(s.metric, s.labels): s.value for s in r.samples if s.metric not in skip}
+
+    assert values(packed) == values(plain)
+    assert value(packed, "lektrico_power_watts") is not None
+
+
+async def test_methods_seen_failing_while_the_device_was_down_are_asked_again_once_it_is_back(
+    make_fleet: FleetFactory,
+) -> None:
+    fleet = await make_fleet([DeviceSpec("c1", "1p7k", seed=1)], frozen=True)
+    poller = Poller(FAST, [])  # identity refresh due in 600 s only
+    poller.set_targets(targets(fleet))
+    st = poller.devices["c1"]
+    try:
+        await settle(poller, "c1")
+        fleet.set_fault("c1", "rpcerror")  # every method: error frame -1
+        down = await poller.poll(st)
+        fleet.set_fault("c1", "none")
+        back = await settle(poller, "c1")
+    finally:
+        await poller.close()
+    assert not down.up and down.reason == "rpc"
+    assert back.up and supported(back)["Device_id.Get"] == 1
+    assert supported(back)["Sw_version.Get"] == 1

@@ -371,7 +371,12 @@ def fleet_replies() -> dict[str, tuple[str, dict[str, dict[str, Any]]]]:
         "System_currents.Get": {"cable_current ": 32, "user_current": 16, "em_current ": 6},
         "Active_errors.Get": {"state_machine_e_activated": False, "overtemp": True},
         "Logged_errors.Get": dict.fromkeys(cat.ERROR_FLAGS, False),
-        "App_config.Get": {"headless": True, "charger_alias": 'Gar"age\\', "user_power": 7360},
+        "App_config.Get": {
+            "headless": True,
+            "charger_alias": 'Gar"age\\',
+            "user_power": 7360,
+            "charging_schedule_enabled": True,
+        },
         "Wifi_status.Get": {
             "connected": True,
             "sta_ip": "192.168.1.20",
@@ -381,6 +386,13 @@ def fleet_replies() -> dict[str, tuple[str, dict[str, dict[str, Any]]]]:
         },
         "EM_status.Get": {"em_offline ": False},
         "Sw_version.Get": {"fw_version": "1.47", "fw_id": "20230109-124642/v1.22-36-g56a3edd"},
+        "Dynamic_current.Get": {"dynamic_current": 16, "relay_mode": 0},
+        "Charging_schedule.Get": {
+            "charging_schedule": [
+                {"start_d": 1, "start_h": 0, "start_m": 0, "end_d": 7, "end_h": 23, "end_m": 59}
+                | {"current": 16, "lb_mode": 1}
+            ]
+        },
     }
     meter = capture("em-meter_info-merged-library-mock.json")
     return {
@@ -422,8 +434,14 @@ def full_fleet() -> Exposition:
             Sample("lektrico_up", (), 1.0),
             Sample("lektrico_poll_duration_seconds", (), 0.042),
             Sample("lektrico_last_poll_success_timestamp_seconds", (), 1_700_000_000.25),
-            *extract(cat.MODELS[model], normalised, dropped),
+            *extract(cat.MODELS[model], normalised, dropped, now=1_700_000_000.25),
+            Sample("lektrico_method_supported", (("method", "Charger_info.Get"),), 1.0),
             Sample("lektrico_poll_errors_total", (("reason", "timeout"),), 1.0),
+            Sample(
+                "lektrico_method_errors_total",
+                (("method", "Counters_config.Get"), ("reason", "timeout")),
+                1.0,
+            ),
         ]
         exposition.publish(reading(name, (("site", 'h"q\\\n'),), samples=samples))
     exposition.publish(reading("offline", up=False))

@@ -7,6 +7,7 @@ import contextlib
 import json
 import socket
 import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,6 +114,37 @@ def scenarios(servers: Servers, release: asyncio.Event) -> dict[str, Handler]:
     async def deep(request: web.Request) -> web.StreamResponse:
         return web.Response(body=b"[" * 100_000, content_type="application/json")
 
+    def compressed(wbits: int, body: bytes, encoding: str) -> web.Response:
+        packer = zlib.compressobj(6, zlib.DEFLATED, wbits)
+        return web.Response(
+            body=packer.compress(body) + packer.flush(),
+            headers={"Content-Type": "application/json", "Content-Encoding": encoding},
+        )
+
+    async def gzipped(request: web.Request) -> web.StreamResponse:
+        return compressed(16 + zlib.MAX_WBITS, json.dumps(CHARGER_INFO).encode(), "gzip")
+
+    async def deflated(request: web.Request) -> web.StreamResponse:
+        return compressed(zlib.MAX_WBITS, json.dumps(CHARGER_INFO).encode(), "deflate")
+
+    async def raw_deflated(request: web.Request) -> web.StreamResponse:
+        return compressed(-zlib.MAX_WBITS, json.dumps(CHARGER_INFO).encode(), "deflate")
+
+    async def gzip_bomb(request: web.Request) -> web.StreamResponse:
+        return compressed(16 + zlib.MAX_WBITS, big_json(), "gzip")
+
+    async def brotli(request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            body=b"\x0b\x02\x80{}\x03",
+            headers={"Content-Type": "application/json", "Content-Encoding": "br"},
+        )
+
+    async def busy(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPServiceUnavailable()
+
+    async def encodings(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"accept": request.headers.get("Accept-Encoding", "")})
+
     return {
         "good": good,
         "lowercase_only": lowercase_only,
@@ -128,6 +160,13 @@ def scenarios(servers: Servers, release: asyncio.Event) -> dict[str, Handler]:
         "hang": hang,
         "bad_utf8": bad_utf8,
         "deep": deep,
+        "gzipped": gzipped,
+        "deflated": deflated,
+        "raw_deflated": raw_deflated,
+        "gzip_bomb": gzip_bomb,
+        "brotli": brotli,
+        "busy": busy,
+        "encodings": encodings,
     }
 
 
@@ -174,8 +213,11 @@ def dispatch_unmatched(servers: Servers) -> Handler:
 
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    # Like the poller's session: no aiohttp timeout, the caller bounds each poll.
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
+    # Like the poller's session: no aiohttp timeout (the caller bounds each poll), and replies
+    # decoded by the client, not by aiohttp.
+    async with aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=None), auto_decompress=False
+    ) as session:
         yield session
 
 
@@ -240,7 +282,7 @@ async def test_method_unknown_in_both_spellings_raises_method_unknown(
     assert servers.hits == ["/unknown/rpc/Device_info.Get", "/unknown/rpc/device_info.get"]
 
 
-async def test_error_frame_is_an_rpc_error_not_an_unknown_method(
+async def test_error_frame_of_any_code_is_an_rpc_error_for_an_unknown_method(
     servers: Servers, session: aiohttp.ClientSession
 ) -> None:
     client = DeviceClient(session, servers.url("error_frame"))
@@ -248,26 +290,107 @@ async def test_error_frame_is_an_rpc_error_not_an_unknown_method(
     error = await poll_error(client)
 
     assert error.reason == "rpc"
-    assert not isinstance(error, MethodUnknown)
+    assert isinstance(error, MethodUnknown)  # firmware answers a method it lacks with -1 too
     assert "-1" in str(error)
-    assert len(servers.hits) == 1
 
 
-async def test_http_500_is_an_http_error(servers: Servers, session: aiohttp.ClientSession) -> None:
+async def test_http_500_is_an_http_error_for_an_unknown_method(
+    servers: Servers, session: aiohttp.ClientSession
+) -> None:
     client = DeviceClient(session, servers.url("server_error"))
 
     error = await poll_error(client)
 
-    assert error.reason == "http"
+    assert error.reason == "http" and isinstance(error, MethodUnknown)
     assert "500" in str(error)
 
 
-async def test_html_body_is_a_json_error(servers: Servers, session: aiohttp.ClientSession) -> None:
+async def test_http_503_is_a_busy_device_not_an_unknown_method(
+    servers: Servers, session: aiohttp.ClientSession
+) -> None:
+    client = DeviceClient(session, servers.url("busy"))
+
+    error = await poll_error(client)
+
+    assert error.reason == "http" and not isinstance(error, MethodUnknown)
+    assert len(servers.hits) == 1
+
+
+async def test_html_body_is_a_json_error_for_an_unknown_method(
+    servers: Servers, session: aiohttp.ClientSession
+) -> None:
     client = DeviceClient(session, servers.url("html"))
 
     error = await poll_error(client)
 
-    assert error.reason == "json"
+    assert error.reason == "json" and isinstance(error, MethodUnknown)
+
+
+async def test_once_a_spelling_answered_an_unknown_method_costs_one_request(
+    servers: Servers, session: aiohttp.ClientSession
+) -> None:
+    client = DeviceClient(session, servers.url("lowercase_only"))
+    await get(client)  # canonical unknown, lowercase answers: the device's spelling
+    servers.hits.clear()
+    unknown = DeviceClient(session, servers.url("unknown"))
+    unknown.spelling = client.spelling
+
+    with pytest.raises(MethodUnknown):
+        await get(unknown, "Dynamic_current.Get")
+
+    assert servers.hits == ["/unknown/rpc/dynamic_current.get"]
+
+
+@pytest.mark.parametrize("scenario", ["gzipped", "deflated", "raw_deflated"])
+async def test_compressed_reply_is_decoded(
+    servers: Servers, session: aiohttp.ClientSession, scenario: str
+) -> None:
+    client = DeviceClient(session, servers.url(scenario))
+
+    reply = await get(client)
+
+    assert reply == CHARGER_INFO
+
+
+async def test_compressed_reply_is_decoded_by_a_session_that_decompresses_itself(
+    servers: Servers,
+) -> None:
+    async with aiohttp.ClientSession() as decompressing:
+        client = DeviceClient(decompressing, servers.url("gzipped"))
+
+        reply = await get(client)
+
+    assert reply == CHARGER_INFO
+
+
+async def test_only_gzip_and_deflate_are_asked_for(
+    servers: Servers, session: aiohttp.ClientSession
+) -> None:
+    client = DeviceClient(session, servers.url("encodings"))
+
+    reply = await get(client)
+
+    assert reply == {"accept": "gzip, deflate"}
+
+
+async def test_compressed_reply_over_the_cap_once_decoded_is_an_http_error(
+    servers: Servers, session: aiohttp.ClientSession
+) -> None:
+    client = DeviceClient(session, servers.url("gzip_bomb"))
+
+    error = await poll_error(client)
+
+    assert error.reason == "http" and "cap" in str(error)
+
+
+async def test_reply_in_an_encoding_not_asked_for_is_an_http_error(
+    servers: Servers, session: aiohttp.ClientSession
+) -> None:
+    client = DeviceClient(session, servers.url("brotli"))
+
+    error = await poll_error(client)
+
+    assert error.reason == "http" and "br" in str(error)
 
 
 async def test_json_list_is_a_schema_error(

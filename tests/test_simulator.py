@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -130,7 +131,7 @@ def test_counters_never_decrease_and_energy_follows_power(profile: str) -> None:
     for (info0, count0), (info1, count1) in itertools.pairwise(polls):
         assert info1["total_charged_energy"] >= info0["total_charged_energy"]
         assert info1["session_id"] >= info0["session_id"]
-        assert 0 <= info1["current_limit_reason"] <= (7 if profile == "1p7k-old" else 8)
+        assert 0 <= info1["current_limit_reason"] <= (7 if profile == "1p7k-old" else 11)
         for key in ("total_charged_time", "total_charged_sessions", "total_charged_energy"):
             assert count1[key] >= count0[key], key
         if info1["session_id"] != info0["session_id"]:
@@ -171,6 +172,24 @@ def test_chargers_visit_every_episode_over_simulated_weeks() -> None:
     assert {"A", "B", "B_AUTH", "B_PAUSE", "B_SCHEDULER", "C", "E", "LOCKED", "OTA"} <= seen
 
 
+def test_chargers_give_every_documented_limit_reason_and_idle_errors_over_weeks() -> None:
+    reasons: set[int] = set()
+    idle_errors: set[str] = set()
+    for profile in ("1p7k", "3p22k"):
+        for seed in range(6):
+            clock = ManualClock()
+            device = make_device("c", profile, seed=seed, clock=clock)
+            for _ in range(int(21 * 86400 / 120)):
+                clock.advance(120)
+                info = device.read("Charger_info.Get")
+                reasons.add(info["current_limit_reason"])
+                if info["extended_charger_state"] == "A" and info["has_active_errors"]:
+                    active = device.read("Active_errors.Get")
+                    idle_errors |= {k for k, v in active.items() if v}
+    assert reasons == set(range(12))
+    assert idle_errors and "state_e_activated" not in idle_errors
+
+
 def test_paused_and_error_states_report_consistently() -> None:
     clock = ManualClock()
     device = make_device("c", "1p7k", seed=2, clock=clock)
@@ -188,7 +207,11 @@ def test_paused_and_error_states_report_consistently() -> None:
             assert info["has_active_errors"] and active - {"state_e_activated"}
             assert active <= now_logged
         else:
-            assert not info["has_active_errors"] and not active
+            # Outside E, an error may be active while idle (a failed self-test), never E's.
+            assert info["has_active_errors"] == bool(active)
+            assert "state_e_activated" not in active
+            assert not active or info["extended_charger_state"] == "A"
+            assert active <= now_logged
         assert logged <= now_logged  # logged flags stay set
         logged = now_logged
     assert saw_pause and len(logged) >= 2
@@ -314,16 +337,21 @@ async def test_meters(zoo: SimulatedFleet, session: aiohttp.ClientSession) -> No
     _, em_app = await get(session, zoo.url("em") + "/rpc/App_config.Get")
     _, em3 = await get(session, zoo.url("3em") + "/rpc/Meter_info.Get")
     _, em3_id = await get(session, zoo.url("3em") + "/rpc/Device_id.Get")
-    status, _ = await get(session, zoo.url("em") + "/rpc/Charger_info.Get")
+    _, em_config = await get(session, zoo.url("em") + "/rpc/M2w_config.Get")
+    _, em_sw = await get(session, zoo.url("em") + "/rpc/Sw_version.Get")
+    status, unknown = await get(session, zoo.url("em") + "/rpc/Charger_info.Get")
 
+    # Real meters spread their values over Meter_info, App_config and Sw_version.
+    assert set(em) == {"current", "voltage", "active_p", "power_factor"}
     assert em["current"][1:] == em["voltage"][1:] == em["active_p"][1:] == [0.0, 0.0]
-    assert em["voltage"][0] > 200 and 0 <= em["load_balancing_mode"] <= 4
-    assert em_app["load_balancing_mode"] == em["load_balancing_mode"]
-    assert em_app["breaker_rating"] == em["breaker_rating"]
+    assert em["voltage"][0] > 200 and 0 <= em_app["load_balancing_mode"] <= 4
+    assert em_app["breaker_rating"] > 0 and em_sw["fw_version"] == "1.15"
     assert em_id["device_id"].startswith("m2w_81") and len(em_id["device_id"]) == 12
+    assert em_id["device_id"].endswith(f"{em_config['serial_number']:06d}")
+    assert em_config["board_revision"] in ("A", "B")
     assert all(v > 200 for v in em3["voltage"]) and all(i > 0 for i in em3["current"])
     assert em3_id["device_id"].startswith("m2w_83")
-    assert status == 404
+    assert status == 200 and unknown["error"]["code"] == -32601  # as this profile answers
 
 
 def test_three_phase_meters_sometimes_export_to_the_grid() -> None:
@@ -712,3 +740,155 @@ async def _poll_cli_fleet(
                     ids[device["name"]] = (await response.json())["device_id"]
         _, calls = await get(session, f"http://127.0.0.1:{control_port}/calls")
     return statuses, ids, calls
+
+
+# --- firmware fidelity: unknown methods, JSON-RPC frames, compression, quirks ----------------
+
+UNKNOWN_ANSWERS = {
+    "http404": (404, "application/json", -6),
+    "http500": (500, "text/plain", None),
+    "html": (200, "text/html", None),
+    "rpc-1": (200, "application/json", -1),
+    "rpc-6": (200, "application/json", -6),
+    "rpc-32601": (200, "application/json", -32601),
+}
+
+
+@bounded()
+@pytest.mark.parametrize("answer", sorted(UNKNOWN_ANSWERS))
+async def test_unknown_method_is_answered_as_the_device_is_told(answer: str) -> None:
+    specs = [DeviceSpec("c1", "1p7k", unknown_method=answer)]
+    async with (
+        SimulatedFleet(specs, frozen=True) as fleet,
+        aiohttp.ClientSession() as client,
+        client.get(fleet.url("c1") + "/rpc/Nothing_here.Get") as resp,
+    ):
+        body = await resp.read()
+        status, content_type, code = UNKNOWN_ANSWERS[answer]
+        assert (resp.status, resp.content_type) == (status, content_type)
+        if code is not None:
+            assert json.loads(body)["error"]["code"] == code
+
+
+@bounded()
+async def test_unknown_method_answer_follows_the_profile_and_the_control_api() -> None:
+    specs = [DeviceSpec("c", "3p22k"), DeviceSpec("m", "3em")]
+    async with SimulatedFleet(specs, frozen=True) as fleet, aiohttp.ClientSession() as client:
+        _, charger = await get(client, fleet.url("c") + "/rpc/Meter_info.Get")
+        _, meter = await get(client, fleet.url("m") + "/rpc/Charger_info.Get")
+        assert (
+            fleet.handle_command(
+                {"op": "set", "device": "c", "field": "unknown", "value": "http500"}
+            )["unknown"]
+            == "http500"
+        )
+        async with client.get(fleet.url("c") + "/rpc/Meter_info.Get") as resp:
+            later = resp.status
+    assert charger["error"]["code"] == -6 and meter["error"]["code"] == -1
+    assert later == 500
+
+
+@bounded()
+async def test_post_of_a_json_rpc_frame_is_answered_with_a_frame() -> None:
+    async with (
+        SimulatedFleet([DeviceSpec("c1", "1p7k", seed=1)], frozen=True) as fleet,
+        aiohttp.ClientSession() as client,
+    ):
+        frame = {"id": 42, "src": "test", "method": "Charger_info.Get"}
+        async with client.post(fleet.url("c1") + "/rpc", json=frame) as resp:
+            reply = await resp.json()
+        unknown = {"id": 43, "src": "test", "method": "Nothing.Get"}
+        async with client.post(fleet.url("c1") + "/rpc", json=unknown) as resp:
+            error = await resp.json()
+        expected = fleet.device("c1").read("Charger_info.Get")
+    assert reply["id"] == 42 and reply["dst"] == "test" and reply["result"] == expected
+    assert reply["src"] == fleet.device("c1").device_id
+    assert error["id"] == 43 and error["error"]["code"] == -6
+    assert [c.rpc_method for c in fleet.calls] == ["Charger_info.Get", "Nothing.Get"]
+
+
+@bounded()
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_compressing_device_compresses_only_for_clients_that_accept_it(
+    encoding: str,
+) -> None:
+    async with (
+        SimulatedFleet([DeviceSpec("c1", "1p7k", compress=encoding)], frozen=True) as fleet,
+        aiohttp.ClientSession(auto_decompress=False) as client,
+    ):
+        url = fleet.url("c1") + "/rpc/Charger_info.Get"
+        async with client.get(url, headers={"Accept-Encoding": encoding}) as resp:
+            packed = (resp.headers.get("Content-Encoding"), await resp.read())
+        async with client.get(url, headers={"Accept-Encoding": "identity"}) as resp:
+            plain = (resp.headers.get("Content-Encoding"), await resp.read())
+    assert packed[0] == encoding and plain[0] is None
+    wbits = 16 + 15 if encoding == "gzip" else 15
+    assert zlib.decompress(packed[1], wbits) == plain[1]
+
+
+@bounded()
+async def test_default_profiles_reply_without_the_spec_typos_and_quirk_profiles_keep_them(
+    session: aiohttp.ClientSession,
+) -> None:
+    profiles = ("1p7k", "1p7k-spec", "1p7k-short", "em-merged")
+    specs = [DeviceSpec(p, p, seed=1) for p in profiles]
+    async with SimulatedFleet(specs, frozen=True) as zoo:
+        _, dynamic = await get(session, zoo.url("1p7k") + "/rpc/Dynamic_current.Get")
+        _, typo = await get(session, zoo.url("1p7k-spec") + "/rpc/Dynamic_current.Get")
+        _, short = await get(session, zoo.url("1p7k-short") + "/rpc/Charger_info.Get")
+        _, merged = await get(session, zoo.url("em-merged") + "/rpc/Meter_info.Get")
+        status, _ = await get(session, zoo.url("em-merged") + "/rpc/M2w_config.Get")
+    assert set(dynamic) == {"dynamic_current", "relay_mode"}
+    assert set(typo) == {"dynamic_current "}
+    assert len(short["currents"]) == len(short["voltages"]) == 1
+    assert {"fw_version", "breaker_rating", "load_balancing_mode"} <= set(merged)
+    assert status == 404
+
+
+def test_schedules_are_readable_intervals_and_app_config_says_whether_they_are_on() -> None:
+    schedules = []
+    for seed in range(20):
+        device = make_device("c", "1p7k", seed=seed, frozen=True)
+        schedule = device.read("Charging_schedule.Get")["charging_schedule"]
+        enabled = device.read("App_config.Get")["charging_schedule_enabled"]
+        schedules.append((schedule, enabled))
+        for interval in schedule:
+            assert 1 <= interval["start_d"] <= 7 and 1 <= interval["end_d"] <= 7
+            assert interval["current"] == 0 or 6 <= interval["current"] <= 32
+        assert not enabled or schedule
+    assert any(enabled for _, enabled in schedules) and any(not s for s, _ in schedules)
+
+
+def test_cli_sets_the_unknown_method_answer_and_compression_of_every_device() -> None:
+    default = plan("--devices", "2", "--mix", "1p7k,3em")
+    chosen = plan("--devices", "2", "--unknown-method", "rpc-1", "--compress", "gzip")
+    assert [s.unknown_method for s in default] == [None, None]  # as each profile answers
+    assert [(s.unknown_method, s.compress) for s in chosen] == [("rpc-1", "gzip")] * 2
+    with pytest.raises(SystemExit):
+        plan("--unknown-method", "teapot")
+
+
+@bounded()
+async def test_control_api_changes_the_unknown_method_answer_and_compression(
+    fleet: SimulatedFleet, session: aiohttp.ClientSession
+) -> None:
+    control = ControlServer([fleet])
+    await control.start()
+    try:
+        async with session.post(control.url + "/devices/c1/unknown", json={"mode": "html"}) as r:
+            answered = (r.status, (await r.json())["unknown"])
+        async with session.post(control.url + "/devices/c1/unknown", json={"mode": "x"}) as r:
+            refused = r.status
+        async with session.post(control.url + "/devices/c1/compress", json={"mode": "gzip"}) as r:
+            compressed = (r.status, (await r.json())["compress"])
+        async with session.get(fleet.url("c1") + "/rpc/Nothing.Get") as resp:
+            page = resp.content_type
+    finally:
+        await control.stop()
+    assert answered == (200, "html") and refused == 400 and compressed == (200, "gzip")
+    assert page == "text/html"
+
+
+def test_a_spec_lacking_a_method_its_profile_does_not_have_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"Nothing\.Get"):
+        SimulatedFleet([DeviceSpec("c", "1p7k", lacks=("Nothing.Get",))])

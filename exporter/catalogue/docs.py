@@ -23,6 +23,10 @@ def _source(metric: cat.Metric) -> str:
         return f"`{ex.method}` (every flag key)"
     elif isinstance(ex, cat.Derived):
         return "derived by the exporter from successive polls, kept in its state store"
+    elif isinstance(ex, cat.Length):
+        return f"items in `{ex.source.method}` `{ex.source.key}`"
+    elif isinstance(ex, cat.Schedule):
+        srcs = list(cat.SCHEDULE_INPUTS)
     else:
         return "computed by the exporter"
     seen = dict.fromkeys(f"`{s.method}` `{s.key}`" for s in srcs)
@@ -55,10 +59,29 @@ def render() -> str:
     out += ["", "## The exporter's own", "", "| name | type | labels | help |", "|---|---|---|---|"]
     for name, kind, help_, labels in cat.EXPORTER_METRICS:
         out.append(f"| `{name}` | {kind} | {', '.join(labels) or '-'} | {help_} |")
-    out += ["", "## Methods polled", "", "| method | cadence | devices |", "|---|---|---|"]
+    notes = [m for m in cat.CATALOGUE if m.notes]
+    if notes:
+        out += ["", "## Notes", ""]
+        out += [f"- `{m.name}`: {m.notes}" for m in notes]
+    out += [
+        "",
+        "## Methods polled",
+        "",
+        "A method a device does not have is asked once per identity refresh, not at its cadence.",
+        "",
+        "| method | cadence | devices | at the slow cadence only while |",
+        "|---|---|---|---|",
+    ]
     for method in cat.METHODS:
+        when = "-"
+        if method.slow_if is not None:
+            when = f"`{method.slow_if.method}` `{method.slow_if.key}` is on"
+        elif method.slow_unless:
+            keys = ", ".join(f"`{s.key}`" for s in method.slow_unless)
+            when = f"`{method.slow_unless[0].method}` lacks one of {keys}"
         out.append(
-            f"| `{method.name}` | {method.cadence.value} | {', '.join(sorted(method.kinds))} |"
+            f"| `{method.name}` | {method.cadence.value} | {', '.join(sorted(method.kinds))} "
+            f"| {when} |"
         )
     return "\n".join(out) + "\n"
 

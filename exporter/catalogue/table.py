@@ -40,32 +40,81 @@ METER = "meter"
 
 
 @dataclass(frozen=True)
+class Src:
+    """A key in one method's (normalised) reply."""
+
+    method: str
+    key: str
+
+
+@dataclass(frozen=True)
 class Method:
-    """One read method of the device API and how often it is asked."""
+    """One read method of the device API and how often it is asked.
+
+    A SLOW method with `slow_if` or `slow_unless` is asked at the slow cadence only while it
+    matters, and otherwise once per identity interval: `slow_if` names a switch that must be on
+    (the schedule, energy management), `slow_unless` values the main reply already carries."""
 
     name: str  # canonical spelling, e.g. "Charger_info.Get"
     cadence: Cadence
     kinds: frozenset[str]
+    slow_if: Src | None = None
+    slow_unless: tuple[Src, ...] = ()
 
 
+CHARGER_AND_METER = frozenset({CHARGER, METER})
+# Identification, as the vendor's client does it: Device_id.Get, then Charger_config.Get or
+# M2w_config.Get (serial and board revision), then Sw_version.Get. Device_info.Get is an extra:
+# the fallback for firmware without Device_id.Get, and the meters' alias and phases.
+DEVICE_ID_METHOD = "Device_id.Get"
+DEVICE_INFO_METHOD = "Device_info.Get"
 METHODS: tuple[Method, ...] = (
-    Method("Device_info.Get", Cadence.IDENTITY, frozenset({CHARGER, METER})),
-    Method("Sw_version.Get", Cadence.IDENTITY, frozenset({CHARGER, METER})),
+    Method(DEVICE_ID_METHOD, Cadence.IDENTITY, CHARGER_AND_METER),
+    Method("Charger_config.Get", Cadence.IDENTITY, frozenset({CHARGER})),
+    Method("M2w_config.Get", Cadence.IDENTITY, frozenset({METER})),
+    Method("Sw_version.Get", Cadence.IDENTITY, CHARGER_AND_METER),
     Method("Charger_info.Get", Cadence.EVERY, frozenset({CHARGER})),
     Method("Meter_info.Get", Cadence.EVERY, frozenset({METER})),
     Method("Active_errors.Get", Cadence.ON_ERRORS, frozenset({CHARGER})),
-    Method("Counters_config.Get", Cadence.SLOW, frozenset({CHARGER})),
+    Method("App_config.Get", Cadence.SLOW, CHARGER_AND_METER),
     Method("System_currents.Get", Cadence.SLOW, frozenset({CHARGER})),
+    Method("Counters_config.Get", Cadence.SLOW, frozenset({CHARGER})),
     Method("Logged_errors.Get", Cadence.SLOW, frozenset({CHARGER})),
-    Method("App_config.Get", Cadence.SLOW, frozenset({CHARGER, METER})),
-    Method("Charger_config.Get", Cadence.SLOW, frozenset({CHARGER})),
-    Method("Wifi_status.Get", Cadence.SLOW, frozenset({CHARGER, METER})),
-    Method("EM_status.Get", Cadence.SLOW, frozenset({CHARGER})),
+    Method("Wifi_status.Get", Cadence.SLOW, CHARGER_AND_METER),
+    Method(
+        "EM_status.Get",
+        Cadence.SLOW,
+        frozenset({CHARGER}),
+        slow_if=Src("App_config.Get", "energy_management_enabled"),
+    ),
+    Method(
+        "Dynamic_current.Get",
+        Cadence.SLOW,
+        frozenset({CHARGER}),
+        slow_unless=(
+            Src("Charger_info.Get", "dynamic_current"),
+            Src("Charger_info.Get", "relay_mode"),
+        ),
+    ),
+    Method(
+        "Charging_schedule.Get",
+        Cadence.SLOW,
+        frozenset({CHARGER}),
+        slow_if=Src("App_config.Get", "charging_schedule_enabled"),
+    ),
+    Method(DEVICE_INFO_METHOD, Cadence.SLOW, frozenset({METER})),
 )
 METHOD_NAMES: frozenset[str] = frozenset(m.name for m in METHODS)
-# Identity fallback for firmware without Device_info.Get.
-DEVICE_ID_METHOD = "Device_id.Get"
 MAIN_METHOD = {CHARGER: "Charger_info.Get", METER: "Meter_info.Get"}
+# Identity methods by kind, in the order they are asked (after Device_id.Get).
+IDENTITY_METHODS = {
+    kind: tuple(
+        m.name
+        for m in METHODS
+        if m.cadence is Cadence.IDENTITY and kind in m.kinds and m.name != DEVICE_ID_METHOD
+    )
+    for kind in (CHARGER, METER)
+}
 
 
 @dataclass(frozen=True)
@@ -102,14 +151,6 @@ def model_from_device_id(device_id: str | None) -> str:
 
 
 # ---- how a value is taken from the device's replies -------------------------------------------
-
-
-@dataclass(frozen=True)
-class Src:
-    """A key in one method's (normalised) reply."""
-
-    method: str
-    key: str
 
 
 @dataclass(frozen=True)
@@ -172,6 +213,22 @@ class Info:
 
 
 @dataclass(frozen=True)
+class Length:
+    """How many items an array holds (the intervals of a schedule)."""
+
+    source: Src
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The charging schedule at the poll's time, in the charger's own time zone (App_config
+    `timezone`, else `gmt_offset` hours, else UTC): `part` "active" is 1 while the schedule is
+    enabled and one of its intervals covers that time; "current" is that interval's current."""
+
+    part: str  # "active" | "current"
+
+
+@dataclass(frozen=True)
 class Computed:
     """Filled in by the poller, not read from a reply (health, exporter's own)."""
 
@@ -182,8 +239,27 @@ class Derived(Computed):
     (exporter/sessions): not read from the device."""
 
 
-Extract = Number | PerPhase | Labelled | StateSet | EnumSet | Flags | Info | Computed | Derived
+Extract = (
+    Number
+    | PerPhase
+    | Labelled
+    | StateSet
+    | EnumSet
+    | Flags
+    | Info
+    | Length
+    | Schedule
+    | Computed
+    | Derived
+)
 WHOLE_REPLY = "*"  # the key of a Src that stands for every key of the method (Flags)
+CS = "Charging_schedule.Get"
+SCHEDULE_INPUTS = (
+    Src(CS, "charging_schedule"),
+    Src("App_config.Get", "charging_schedule_enabled"),
+    Src("App_config.Get", "timezone"),
+    Src("App_config.Get", "gmt_offset"),
+)
 
 
 def inputs_of(extract: Extract) -> tuple[Src, ...]:
@@ -203,7 +279,16 @@ def inputs_of(extract: Extract) -> tuple[Src, ...]:
         return tuple(s for _, sources in extract.fields for s in sources)
     if isinstance(extract, Flags):
         return (Src(extract.method, WHOLE_REPLY),)
+    if isinstance(extract, Length):
+        return (extract.source,)
+    if isinstance(extract, Schedule):
+        return SCHEDULE_INPUTS
     return ()
+
+
+def time_dependent(extract: Extract) -> bool:
+    """Whether a row's samples depend on the time of the poll, not only on the replies."""
+    return isinstance(extract, Schedule)
 
 
 @dataclass(frozen=True)
@@ -254,7 +339,10 @@ AC = "App_config.Get"
 CF = "Charger_config.Get"
 WS = "Wifi_status.Get"
 DI = "Device_info.Get"
+DID = "Device_id.Get"
 SV = "Sw_version.Get"
+M2W = "M2w_config.Get"
+DC = "Dynamic_current.Get"
 
 CHARGER_STATES = ("A", "B", "B_AUTH", "B_PAUSE", "B_SCHEDULER", "C", "D", "E", "F", "OTA", "LOCKED")
 LIMIT_REASONS: Mapping[int, str] = {
@@ -311,7 +399,10 @@ CONFIG_FLAGS: tuple[tuple[str, tuple[Src, ...]], ...] = (
 CURRENT_LIMITS: tuple[tuple[str, tuple[Src, ...]], ...] = (
     ("cable", (Src(SC, "cable_current"),)),
     ("install", (Src(CI, "install_current"), Src(SC, "install_current"))),
-    ("dynamic", (Src(CI, "dynamic_current"), Src(SC, "dynamic_current"))),
+    (
+        "dynamic",
+        (Src(CI, "dynamic_current"), Src(DC, "dynamic_current"), Src(SC, "dynamic_current")),
+    ),
     ("user", (Src(SC, "user_current"), Src(AC, "user_current"))),
     ("charging", (Src(SC, "charging_current"),)),
     ("system_max", (Src(SC, "system_max_current"),)),
@@ -370,9 +461,9 @@ CATALOGUE: tuple[Metric, ...] = (
         BOTH,
         Info(
             (
-                ("device_id", (Src(DI, "device_id"), Src("Device_id.Get", "device_id"))),
+                ("device_id", (Src(DID, "device_id"), Src(DI, "device_id"))),
                 ("model", ()),
-                ("serial", (Src(CF, "serial_number"),)),
+                ("serial", (Src(CF, "serial_number"), Src(M2W, "serial_number"))),
                 (
                     "fw_version",
                     (
@@ -383,12 +474,25 @@ CATALOGUE: tuple[Metric, ...] = (
                     ),
                 ),
                 ("fw_id", (Src(SV, "fw_id"),)),
-                ("board_revision", (Src(CF, "board_revision"),)),
+                ("board_revision", (Src(CF, "board_revision"), Src(M2W, "board_revision"))),
                 ("alias", (Src(DI, "charger_alias"), Src(AC, "charger_alias"))),
             )
         ),
         labels=("device_id", "model", "serial", "fw_version", "fw_id", "board_revision", "alias"),
         influx=Influx("device", "", "string", label_as_field=True),
+    ),
+    Metric(
+        "lektrico_method_supported",
+        Kind.GAUGE,
+        "1 for each read method the device answered, 0 for one it does not support.",
+        "",
+        Group.HEALTH,
+        BOTH,
+        Computed(),
+        labels=("method",),
+        influx=Influx("device", "method_supported_", "bool", label_as_field=True),
+        notes="Learned once per identity refresh: a method the device does not support is not"
+        " asked again until the next identity refresh or a firmware change.",
     ),
     # ---- charger live values ----
     Metric(
@@ -547,6 +651,63 @@ CATALOGUE: tuple[Metric, ...] = (
         labels=("limit",),
         influx=Influx("charger", "current_limit_amperes_", "float", label_as_field=True),
         valid=AMPS,
+    ),
+    Metric(
+        "lektrico_relay_mode",
+        Kind.GAUGE,
+        "Relay (phase switching) mode as the charger reports it.",
+        "",
+        Group.LIVE,
+        CHG,
+        Number((Src(CI, "relay_mode"), Src(DC, "relay_mode"))),
+        influx=Influx("charger", "relay_mode", "int"),
+        valid=(-1000.0, 1000.0),
+    ),
+    # ---- charging schedule ----
+    Metric(
+        "lektrico_schedule_enabled",
+        Kind.GAUGE,
+        "1 when the charging schedule is enabled.",
+        "",
+        Group.LIVE,
+        CHG,
+        Number((Src(AC, "charging_schedule_enabled"),), boolean=True),
+        influx=Influx("charger", "schedule_enabled", "bool"),
+    ),
+    Metric(
+        "lektrico_schedule_intervals",
+        Kind.GAUGE,
+        "Intervals in the charging schedule.",
+        "",
+        Group.LIVE,
+        CHG,
+        Length(Src(CS, "charging_schedule")),
+        influx=Influx("charger", "schedule_intervals", "int"),
+    ),
+    Metric(
+        "lektrico_schedule_active",
+        Kind.GAUGE,
+        "1 while an interval of the enabled schedule covers the charger's local time.",
+        "",
+        Group.LIVE,
+        CHG,
+        Schedule("active"),
+        influx=Influx("charger", "schedule_active", "bool"),
+        notes="Evaluated at each poll in the charger's time zone: App_config timezone, else"
+        " gmt_offset hours, else UTC. Intervals run from start (day 1-7, Monday first, hour,"
+        " minute) to end, wrapping over the week's end.",
+    ),
+    Metric(
+        "lektrico_schedule_current_amperes",
+        Kind.GAUGE,
+        "Current of the active schedule interval (0: paused by the schedule).",
+        "amperes",
+        Group.LIVE,
+        CHG,
+        Schedule("current"),
+        influx=Influx("charger", "schedule_current_amperes", "float"),
+        valid=AMPS,
+        notes="Absent when no interval is active.",
     ),
     # ---- errors ----
     Metric(
@@ -815,9 +976,21 @@ CATALOGUE: tuple[Metric, ...] = (
         influx=Influx("device", "poll_errors_total_", "int", label_as_field=True),
     ),
     Metric(
+        "lektrico_method_errors_total",
+        Kind.COUNTER,
+        "Failures of read methods other than the main one; these never mark a device down.",
+        "",
+        Group.EXPORTER,
+        BOTH,
+        Computed(),
+        labels=("method", "reason"),
+        notes="reason unsupported when the failure (an error frame, an HTTP error status, a"
+        " body that is not JSON) marked the method unsupported; else the failure's reason.",
+    ),
+    Metric(
         "lektrico_values_dropped_total",
         Kind.COUNTER,
-        "Device values dropped as implausible (non-finite, out of range, wrong type).",
+        "Device values dropped: implausible (non-finite, out of range, wrong type) or duplicate.",
         "",
         Group.EXPORTER,
         BOTH,
@@ -961,6 +1134,7 @@ EXPORTER_METRICS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
 
 BY_NAME: Mapping[str, Metric] = {m.name: m for m in CATALOGUE}
 POLL_ERROR_REASONS = ("timeout", "connect", "http", "json", "rpc", "schema")
+METHOD_ERROR_REASONS = (*POLL_ERROR_REASONS, "unsupported")
 ALL_METRIC_NAMES: frozenset[str] = frozenset(
     [m.name for m in CATALOGUE] + [name for name, *_ in EXPORTER_METRICS]
 )

@@ -1,22 +1,36 @@
 """The device wire protocol: `GET http://HOST/rpc/<Method>`, bare JSON objects back.
 
 Knows nothing about metrics. Every failure becomes a `PollError` with one of the reasons
-timeout, connect, http, json, rpc, schema, and a one-line message naming the method.
-Only read methods (`*.Get`) can be sent: `DeviceClient.get` refuses anything else.
+timeout, connect, http, json, rpc, schema, and a one-line message naming the method. A failure
+where the device answered, but not with the method's reply (an error frame of any code, an
+HTTP error status, a body that is not JSON), is a `MethodUnknown`: firmware answers a method it
+does not have in any of these ways. Only read methods (`*.Get`) can be sent: `DeviceClient.get`
+refuses anything else.
+
+Method names are sent in one spelling per device, learned from its first answer: `Device_id.Get`
+or `device_id.get` (real clients use both, and real firmware takes both). Until a device has
+answered once, a method it does not know in one spelling is asked in the other.
+
+Replies compressed with gzip or deflate (a device, or a proxy in front of it) are decoded; the
+size cap applies to the decoded reply.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import zlib
 from typing import Any
 
 import aiohttp
 from yarl import URL
 
 MAX_REPLY_BYTES = 64 * 1024
-# Lektrico firmware answers an unknown method with HTTP 404 or error code -6 ("unknown key").
-UNKNOWN_METHOD_CODES = frozenset({-6, -32601})
+# The encodings asked for, and decoded; anything else a device sends is an http error.
+ACCEPT_ENCODING = "gzip, deflate"
+# HTTP statuses that say something about the request or the moment, not that the device lacks
+# the method: unauthorised, rate-limited, busy. Any other error status means "unknown method".
+TRANSIENT_STATUSES = frozenset({401, 403, 407, 408, 429, 503})
 
 
 class PollError(Exception):
@@ -33,7 +47,7 @@ class PollError(Exception):
 
 
 class MethodUnknown(PollError):
-    """The device does not know the method in either spelling (old firmware)."""
+    """The device answered, but not with the method's reply: it does not have the method."""
 
 
 def spellings(method: str) -> tuple[str, str]:
@@ -70,8 +84,8 @@ class DeviceClient:
         self._base = base_url.rstrip("/")
         self._auth = auth
         self._max = max_reply_bytes
-        # Index into spellings(): which one this device answered last; tried first next time.
-        self._spelling = 0
+        # Index into spellings() of the one this device answered; None until it answered once.
+        self.spelling: int | None = None
         self.requests = 0
         self._base_url = URL(self._base)
         self._prefix = self._base_url.raw_path.rstrip("/")
@@ -84,17 +98,19 @@ class DeviceClient:
         if not is_read_method(method):
             raise ValueError(f"refusing to send non-read method {method!r}")
         names = spellings(method)
-        first = names[self._spelling]
+        if self.spelling is not None:
+            return await self._request(names[self.spelling], method)
         try:
-            return await self._request(first, method)
+            reply = await self._request(names[0], method)
         except MethodUnknown as unknown:
-            other = names[1 - self._spelling]
             try:
-                reply = await self._request(other, method)
+                reply = await self._request(names[1], method)
             except MethodUnknown:
                 raise unknown from None
-            self._spelling = 1 - self._spelling
+            self.spelling = 1
             return reply
+        self.spelling = 0
+        return reply
 
     async def _request(self, wire_name: str, method: str) -> dict[str, Any]:
         # Built from the base parsed once, not parsed from a string: yarl's small host cache
@@ -102,14 +118,19 @@ class DeviceClient:
         url = self._base_url.with_path(f"{self._prefix}/rpc/{wire_name}", encoded=True)
         self.requests += 1
         try:
-            async with self._session.get(url, allow_redirects=False, auth=self._auth) as resp:
-                if resp.status == 404:
-                    raise MethodUnknown("http", "HTTP 404: method unknown to the device", method)
+            async with self._session.get(
+                url,
+                allow_redirects=False,
+                auth=self._auth,
+                headers={"Accept-Encoding": ACCEPT_ENCODING},
+            ) as resp:
                 if resp.status != 200:
-                    raise PollError(
-                        "http", f"HTTP {resp.status} {one_line(resp.reason or '')}", method
-                    )
+                    error = PollError if self._transient(resp.status) else MethodUnknown
+                    raise error("http", f"HTTP {resp.status} {one_line(resp.reason or '')}", method)
                 body = await self._read_capped(resp, method)
+                if not self._session.auto_decompress:  # else aiohttp decoded it already
+                    encoding = resp.headers.get("Content-Encoding", "")
+                    body = self._decoded(body, encoding, method)
         except PollError:
             raise
         except TimeoutError:
@@ -125,6 +146,30 @@ class DeviceClient:
                 "connect", one_line(str(exc) or type(exc).__name__, 120), method
             ) from None
         return decode_reply(body, method)
+
+    @staticmethod
+    def _transient(status: int) -> bool:
+        return status in TRANSIENT_STATUSES or status < 400
+
+    def _decoded(self, body: bytes, encoding: str, method: str) -> bytes:
+        encoding = encoding.strip().lower()
+        if encoding in ("", "identity"):
+            return body
+        if encoding in ("gzip", "x-gzip"):
+            wbits = 16 + zlib.MAX_WBITS
+        elif encoding == "deflate":
+            # RFC 9110 deflate is zlib-wrapped; some servers send raw deflate: take either.
+            wbits = zlib.MAX_WBITS if body[:1] and (body[0] & 0x0F) == 8 else -zlib.MAX_WBITS
+        else:
+            raise PollError("http", f"reply in an encoding not asked for ({encoding})", method)
+        decoder = zlib.decompressobj(wbits)
+        try:
+            plain = decoder.decompress(body, self._max + 1)
+        except zlib.error as exc:
+            raise PollError("http", f"{encoding} reply is corrupt ({exc})", method) from None
+        if len(plain) > self._max:
+            raise PollError("http", f"reply exceeds the {self._max} byte cap", method)
+        return plain
 
     async def _read_capped(self, resp: aiohttp.ClientResponse, method: str) -> bytes:
         length = resp.content_length
@@ -145,14 +190,15 @@ def decode_reply(body: bytes, method: str) -> dict[str, Any]:
     try:
         data = json.loads(body)
     except (ValueError, RecursionError) as exc:
-        raise PollError("json", f"reply is not JSON ({one_line(str(exc), 80)})", method) from None
+        raise MethodUnknown(
+            "json", f"reply is not JSON ({one_line(str(exc), 80)})", method
+        ) from None
     if not isinstance(data, dict):
         raise PollError("schema", f"reply is a JSON {type(data).__name__}, not an object", method)
     error = data.get("error")
     if isinstance(error, dict):
         code = error.get("code")
         message = one_line(str(error.get("message", "")), 120)
-        if code in UNKNOWN_METHOD_CODES:
-            raise MethodUnknown("rpc", f"error {code}: {message}", method)
-        raise PollError("rpc", f"error {code}: {message}", method)
+        # Firmware answers a method it lacks with -1, -6 or -32601 alike: any code counts.
+        raise MethodUnknown("rpc", f"error {code}: {message}", method)
     return data

@@ -4,14 +4,18 @@ Lektrico firmware differs between generations and from its own spec: keys with t
 (`"cable_current "`), numbers as int, float or string, missing keys, arrays shorter than three,
 the old error key `state_machine_e_activated`, a `voltage` of 0 on three-phase units. This module
 turns replies (one dict per method) into catalogue samples, dropping and counting every value it
-cannot trust (wrong type, not finite, outside the plausible range).
+cannot trust (wrong type, not finite, outside the plausible range). Flag keys that become the same
+label once cleaned (`"overtemp"` and `"overtemp "`, or two names alike in their first 128
+characters) give one series, active if either is, and count as dropped (`duplicate`).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import math
 import sys
+import zoneinfo
 from array import array
 from collections import Counter
 from collections.abc import Mapping
@@ -35,6 +39,10 @@ def normalise_reply(raw: Mapping[str, Any], method: str | None = None) -> dict[s
     With the `method`, keys no catalogue row and no poll logic reads are left out: a device's
     last replies are kept until its next poll, and most of a reply is never read."""
     keep = kept_keys(method) if method is not None else None
+    if method is not None and keep is None:
+        # Read whole (error flags): keys are cleaned where they become labels, so that two
+        # keys that clean to the same label are merged there, and counted, not overwritten.
+        return dict(raw)
     out: dict[str, Any] = {}
     for key, value in raw.items():
         name = key.strip()
@@ -143,10 +151,13 @@ def shared(metric: str, label: str, value: str, number: float) -> Sample:
 class Extractor:
     """Walks the catalogue for one device model over one poll's replies."""
 
-    def __init__(self, model: Model, replies: Replies, dropped: Counter[str]) -> None:
+    def __init__(
+        self, model: Model, replies: Replies, dropped: Counter[str], now: float | None = None
+    ) -> None:
         self.model = model
         self.replies = replies
         self.dropped = dropped
+        self.now = now  # unix time of the poll, for the schedule
 
     def _raw(self, src: cat.Src) -> tuple[bool, Any]:
         reply = self.replies.get(src.method)
@@ -196,7 +207,52 @@ class Extractor:
             return self._flags(metric, ex)
         if isinstance(ex, cat.Info):
             return self._info(metric, ex)
+        if isinstance(ex, cat.Length):
+            present, raw = self._raw(ex.source)
+            if not present:
+                return []
+            if not isinstance(raw, list):
+                self.dropped["type"] += 1
+                return []
+            return [Sample(name, (), float(len(raw)))]
+        if isinstance(ex, cat.Schedule):
+            return self._schedule(metric, ex)
         return []
+
+    def _schedule(self, metric: Metric, ex: cat.Schedule) -> list[Sample]:
+        present, intervals = self._raw(cat.SCHEDULE_INPUTS[0])
+        on_present, on_raw = self._raw(cat.SCHEDULE_INPUTS[1])
+        if not present or not on_present or self.now is None:
+            return []
+        enabled, _ = to_number(on_raw, boolean=True)
+        if enabled is None or not isinstance(intervals, list):
+            self.dropped["type"] += 1
+            return []
+        current = None
+        if enabled:
+            minute = week_minute(self.now, self._zone())
+            # Both rows read the intervals; unreadable ones count once, with "active".
+            drops = self.dropped if ex.part == "active" else Counter()
+            current = active_interval(intervals, minute, drops)
+        if ex.part == "active":
+            return [Sample(metric.name, (), 0.0 if current is None else 1.0)]
+        if current is None:
+            return []
+        if metric.valid and not metric.valid[0] <= current <= metric.valid[1]:
+            self.dropped["out_of_range"] += 1
+            return []
+        return [Sample(metric.name, (), current)]
+
+    def _zone(self) -> dt.tzinfo:
+        _, name = self._raw(cat.SCHEDULE_INPUTS[2])
+        zone = time_zone(name) if isinstance(name, str) else None
+        if zone is not None:
+            return zone
+        _, offset = self._raw(cat.SCHEDULE_INPUTS[3])
+        hours, _ = to_number(offset)
+        if hours is not None and -14 <= hours <= 14:
+            return dt.timezone(dt.timedelta(hours=hours))
+        return dt.UTC
 
     def _phases(self, metric: Metric, ex: cat.PerPhase) -> list[Sample]:
         present, raw = self._raw(ex.source)
@@ -262,13 +318,22 @@ class Extractor:
         reply = self.replies.get(ex.method)
         if not reply:
             return []
-        out = []
+        merged: dict[str, float] = {}
         for key, raw in reply.items():
-            flag = label_value(key)
+            name = key.strip() if isinstance(key, str) else key
+            flag = label_value(KEY_ALIASES.get(name, name))
             value, reason = to_number(raw, boolean=True)
             if not flag or value is None:
                 self.dropped[reason or "type"] += 1
                 continue
+            if flag in merged:
+                # Active wins, whatever order the keys came in.
+                self.dropped["duplicate"] += 1
+                merged[flag] = max(merged[flag], value)
+            else:
+                merged[flag] = value
+        out = []
+        for flag, value in merged.items():
             if flag in _KNOWN_FLAGS:
                 out.append(shared(metric.name, metric.labels[0], flag, value))
             else:
@@ -289,7 +354,9 @@ class Extractor:
         found = {k: v for k, v in labels}
         if metric.name == "lektrico_device_info":
             found["model"] = self.model.name
-            if not found["serial"] and "_" in found["device_id"]:
+            # A charger's device_id ends in its serial (1p7k_500006); a meter's does not
+            # (m2w_81 is its model): its serial comes from M2w_config.Get only.
+            if not found["serial"] and self.model.kind == cat.CHARGER and "_" in found["device_id"]:
                 found["serial"] = found["device_id"].split("_", 1)[1]
         elif not any(found.values()):
             return []
@@ -303,14 +370,16 @@ def extract(
     dropped: Counter[str],
     groups: frozenset[Group] = frozenset({Group.HEALTH, Group.LIVE}),
     memo: Memo | None = None,
+    now: float | None = None,
 ) -> list[Sample]:
-    """Every catalogue sample this model's replies give, in catalogue order.
+    """Every catalogue sample this model's replies give, in catalogue order; `now` (unix time)
+    is the poll's time, for the rows that depend on it (the schedule).
 
     With a `memo` (one per device), rows whose inputs are unchanged since the memo's last call
     are not worked out again: see `Memo`. The result is the same either way."""
     if memo is not None:
-        return memo.extract(model, replies, dropped, groups)
-    ex = Extractor(model, replies, dropped)
+        return memo.extract(model, replies, dropped, groups, now)
+    ex = Extractor(model, replies, dropped, now)
     out: list[Sample] = []
     for metric in cat.CATALOGUE:
         if metric.group in groups and model.kind in metric.kinds:
@@ -331,6 +400,7 @@ _KIND_ROWS = {
     kind: tuple((i, m, _DEPENDS[i]) for i, m in enumerate(_ROWS) if kind in m.kinds)
     for kind in (cat.CHARGER, cat.METER)
 }
+_TIMED = frozenset(i for i, m in enumerate(_ROWS) if cat.time_dependent(m.extract))
 _ABSENT = object()
 _NO_SPANS = array("i", [-1, 0] * len(_ROWS))
 # A value equal to the last one but of another type can give other samples: 1 and True (a
@@ -403,11 +473,16 @@ class Memo:
         self.drops: dict[int, tuple[str, ...]] = {}  # row → drop reasons, only rows with drops
 
     def extract(
-        self, model: Model, replies: Replies, dropped: Counter[str], groups: frozenset[Group]
+        self,
+        model: Model,
+        replies: Replies,
+        dropped: Counter[str],
+        groups: frozenset[Group],
+        now: float | None = None,
     ) -> list[Sample]:
         valid = model is self.model
         old, last, spans, drops = self.replies, self.samples, self.spans, self.drops
-        ex = Extractor(model, replies, dropped)
+        ex = Extractor(model, replies, dropped, now)
         out: list[Sample] = []
         new_drops: dict[int, tuple[str, ...]] = {}
         new_spans = array("i", _NO_SPANS)
@@ -417,7 +492,7 @@ class Memo:
                 continue
             start = len(out)
             at = spans[2 * i] if valid else -1
-            if at >= 0 and (not changed or changed.isdisjoint(depends)):
+            if at >= 0 and i not in _TIMED and (not changed or changed.isdisjoint(depends)):
                 out.extend(last[at : at + spans[2 * i + 1]])
                 reasons = drops.get(i)
                 if reasons:
@@ -435,6 +510,65 @@ class Memo:
         self.model, self.replies = model, replies
         self.samples, self.spans, self.drops = tuple(out), new_spans, new_drops
         return out
+
+
+@functools.lru_cache(maxsize=256)
+def time_zone(name: str) -> dt.tzinfo | None:
+    """The IANA zone of that name, or None (empty, unknown, or a POSIX TZ string)."""
+    name = name.strip()
+    if not name or len(name) > 64:
+        return None
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        return None
+
+
+WEEK_MINUTES = 7 * 24 * 60
+
+
+def week_minute(unix: float, zone: dt.tzinfo) -> int:
+    """Minutes since Monday 00:00 in that zone (the schedule's days run 1-7 from Monday)."""
+    local = dt.datetime.fromtimestamp(unix, zone)
+    return local.weekday() * 1440 + local.hour * 60 + local.minute
+
+
+_INTERVAL_KEYS = (("start_d", 1, 7), ("start_h", 0, 23), ("start_m", 0, 59))
+_INTERVAL_END_KEYS = (("end_d", 1, 7), ("end_h", 0, 23), ("end_m", 0, 59))
+
+
+def _point(interval: Mapping[str, Any], keys: tuple[tuple[str, int, int], ...]) -> int | None:
+    parts = []
+    for key, low, high in keys:
+        value, _ = to_number(interval.get(key))
+        if value is None or value != int(value) or not low <= value <= high:
+            return None
+        parts.append(int(value))
+    day, hour, minute = parts
+    return (day - 1) * 1440 + hour * 60 + minute
+
+
+def active_interval(intervals: list[Any], minute: int, dropped: Counter[str]) -> float | None:
+    """The `current` of the first interval covering that minute of the week, or None. An
+    interval ending before it starts wraps over the week's end; one that is not readable is
+    skipped and counted."""
+    for interval in intervals:
+        if not isinstance(interval, Mapping):
+            dropped["type"] += 1
+            continue
+        start = _point(interval, _INTERVAL_KEYS)
+        end = _point(interval, _INTERVAL_END_KEYS)
+        current, reason = to_number(interval.get("current"))
+        if start is None or end is None:
+            dropped["out_of_range"] += 1
+            continue
+        if current is None:
+            dropped[reason or "type"] += 1
+            continue
+        inside = start <= minute < end if start <= end else minute >= start or minute < end
+        if inside:
+            return current
+    return None
 
 
 def inactive_errors(known: Replies) -> dict[str, bool]:

@@ -4,11 +4,23 @@
   name, stable across reloads), at most `concurrency` polls in flight, each bounded by `timeout`
   (a poll waiting for a slot waits outside its timeout). The scheduler wakes at most every TICK.
 - A poll never overlaps the previous poll of the same device; /probe shares the poll in flight.
+- Up means the main method (Charger_info.Get, Meter_info.Get) answered. Any other method that
+  fails, in any way, costs only its own values and counts in lektrico_method_errors_total; one
+  the device does not have (lektrico_method_supported 0) is not asked again before the next
+  identity refresh.
+- Identification as the vendor's client does it: Device_id.Get, then Charger_config.Get or
+  M2w_config.Get, then Sw_version.Get (Device_info.Get where Device_id.Get is missing). Again
+  every `identity_interval`, and at once when the main reply's fw_version or device_id changes
+  or the main method fails in a way that suggests another kind of unit; a new unit at the
+  address starts afresh, so a reading never mixes two units.
 - Request economy: the main method every poll; Active_errors only when the charger says it has
   active errors; counters, currents, Wi-Fi and configuration every `slow_interval` (at most two
-  a poll; all of them on a device's first poll, unless that poll follows a failure or the
-  poller is busy; all again, two a poll, when a device is back after failures); identity every
-  `identity_interval`; counters again when the session changes.
+  a poll), and those that matter only when a switch is on (schedule, energy management) or that
+  the main reply already carries, once per identity interval. A device's first poll sends at
+  most FIRST_POLL_REQUESTS (8 for a charger, 5 for a meter), the slow methods left over
+  following two a poll (two a poll from the start if the poller is busy or the poll follows a
+  failure); all again, two a poll, when a device is back after failures; counters again when
+  the session changes.
 - One connection a poll, closed at its end: nothing idle is kept on the devices.
 - A device that keeps failing is polled less often (exponential backoff up to `max_backoff`),
   and its `lektrico_up 0` is republished at every attempt.
@@ -25,8 +37,8 @@ import logging
 import math
 import time
 import zlib
-from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections import ChainMap, Counter, OrderedDict, deque
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +62,9 @@ from exporter.reading import Labels, Reading, Sample
 log = logging.getLogger("lektrico.poller")
 Sink = Callable[[Reading], None]
 MAX_SLOW_PER_POLL = 2
+# Requests a device's first poll may send, identification included (the vendor's client
+# sends 5 or 6 for a first reading); the slow methods left over follow, MAX_SLOW_PER_POLL a poll.
+FIRST_POLL_REQUESTS = {cat.CHARGER: 8, cat.METER: 5}
 TICK = 0.02  # the scheduler wakes at most this often (s)
 AE = "Active_errors.Get"
 CC = "Counters_config.Get"
@@ -88,7 +103,12 @@ class DeviceState:
     replies: dict[str, dict[str, Any]] = field(default_factory=dict)
     memo: Memo = field(default_factory=Memo)
     fetched: dict[str, float] = field(default_factory=dict)
-    unsupported: set[str] = field(default_factory=set)
+    unsupported: set[str] = field(default_factory=set)  # not asked until the identity refresh
+    supported: dict[str, bool] = field(default_factory=dict)  # lektrico_method_supported
+    method_errors: Counter[tuple[str, str]] = field(default_factory=Counter)
+    method_samples: tuple[tuple[Sample, ...], tuple[Sample, ...]] | None = None
+    device_id: str | None = None  # as last identified
+    reidentified: bool = False  # identified again after a main failure, in this run of them
     last_success: float | None = None
     failures: int = 0
     errors: Counter[str] = field(default_factory=Counter)
@@ -124,8 +144,23 @@ def new_session(concurrency: int) -> aiohttp.ClientSession:
         timeout=aiohttp.ClientTimeout(total=None),
         skip_auto_headers=("User-Agent",),
         headers={"User-Agent": "lektrico-exporter"},
+        # The device client decodes gzip/deflate itself, with the reply size cap on the result.
         auto_decompress=False,
     )
+
+
+@dataclass
+class _Poll:
+    """What one poll gathered so far."""
+
+    now: float  # monotonic time the poll started
+    fresh: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # When each method was asked; kept only if the poll succeeds, because a failed poll's
+    # replies are thrown away and must be asked for again next time.
+    fetched: dict[str, float] = field(default_factory=dict)
+    failed: set[str] = field(default_factory=set)  # non-main methods that failed this poll
+    main_ok: bool = False
+    identified: bool = False
 
 
 class DevicePoller:
@@ -139,32 +174,38 @@ class DevicePoller:
         self, st: DeviceState, timeout: float | None = None, busy: bool = False
     ) -> Reading:
         """Poll one device; never raises (a failure is a Reading with up 0). `busy` (the fleet
-        is short of poll slots) makes a first poll leave most slow methods to later polls."""
+        is short of poll slots) makes a first poll leave the slow methods to later polls."""
         budget = timeout if timeout is not None else (st.target.timeout or self.settings.timeout)
         wall, t0 = time.time(), time.monotonic()
         requests_before = st.client.requests
-        fresh: dict[str, dict[str, Any]] = {}
-        # When each method in `fresh` was fetched; kept only if the poll succeeds, because a
-        # failed poll's replies are thrown away and must be asked for again next time.
-        fetched: dict[str, float] = {}
+        ctx = _Poll(t0)
         st.current_method = None
         failure: PollError | None = None
         try:
             async with asyncio.timeout(budget):
-                await self._collect(st, t0, fresh, fetched, busy)
+                await self._collect(st, ctx, busy)
         except PollError as exc:
             failure = exc
         except TimeoutError:
-            failure = PollError("timeout", f"no reply within {budget:g}s", st.current_method)
+            if ctx.main_ok and st.current_method is not None:
+                # The main method answered: a method after it that runs out of time costs
+                # only its own values, and is not asked again before it is due.
+                self._method_failed(st, ctx, st.current_method, "timeout")
+            else:
+                failure = PollError("timeout", f"no reply within {budget:g}s", st.current_method)
         except Exception as exc:  # a device must never take the poller down
             log.exception("unexpected error polling %s", st.name)
             failure = PollError("schema", f"unexpected {type(exc).__name__}", st.current_method)
         duration = time.monotonic() - t0
         self.metrics.requests.inc(st.client.requests - requests_before)
         if failure is None:
-            st.fetched.update(fetched)
-            self._succeeded(st, fresh, t0, wall)
+            st.fetched.update(ctx.fetched)
+            self._succeeded(st, ctx, wall)
         else:
+            if ctx.identified:
+                # What an identification in a failing poll learnt (every method "unknown" on
+                # a device answering nothing right) is checked again at the next good poll.
+                st.fetched.pop("identity", None)
             self._failed(st, failure)
         reading = self._reading(st, wall, duration, failure)
         st.reading = reading
@@ -174,104 +215,193 @@ class DevicePoller:
         st.current_method = method
         return normalise_reply(await st.client.get(method), method)
 
-    async def _collect(
-        self,
-        st: DeviceState,
-        now: float,
-        fresh: dict[str, dict[str, Any]],
-        fetched: dict[str, float],
-        busy: bool,
-    ) -> None:
-        # A device's first poll fetches every slow method, so a new device shows all its values
-        # at once; not when the fleet is busy (an exporter starting on thousands of devices
-        # would send ~10 requests a charger in its first interval), and not after a failed
+    async def _collect(self, st: DeviceState, ctx: _Poll, busy: bool) -> None:
+        # A device's first poll fetches slow methods up to its request budget, so a new device
+        # shows most of its values at once; not when the fleet is busy (an exporter starting
+        # on thousands of devices must not send them all a burst), and not after a failed
         # poll: a recovering fleet must not bring a burst of requests back with it, and a
-        # device too slow to answer ten requests within the timeout still comes up (its slow
-        # methods follow, MAX_SLOW_PER_POLL a poll).
+        # device too slow to answer many requests within the timeout still comes up (its
+        # slow methods follow, MAX_SLOW_PER_POLL a poll).
         first = st.last_success is None and st.failures == 0 and not busy
-        if st.model is None or now - st.fetched.get("identity", -math.inf) >= (
-            self.settings.identity_interval
-        ):
-            await self._identify(st, fresh)
-            fetched["identity"] = now
+        requests_before = st.client.requests
+        if st.model is None:
+            await self._identify(st, ctx)
+        reply = await self._main(st, ctx)
         assert st.model is not None
         main = cat.MAIN_METHOD[st.model.kind]
-        reply = await self._get(st, main)
-        check_main_reply(main, reply)
-        fresh[main] = reply
+        previous = st.replies.get(main, {})
+        new_firmware = _changed(previous, reply, "fw_version")
+        if not ctx.identified and (
+            ctx.now - st.fetched.get("identity", -math.inf) >= self.settings.identity_interval
+            or new_firmware
+            or _changed({"device_id": st.device_id}, reply, "device_id")
+        ):
+            kind = st.model.kind
+            await self._identify(st, ctx)
+            if new_firmware:  # what it has may have changed: every slow method is due again
+                self._slow_due_again(st)
+            if st.model.kind != kind:  # another kind of unit answered the old main method
+                reply = await self._main(st, ctx)
+                main = cat.MAIN_METHOD[st.model.kind]
         if st.model.kind == cat.CHARGER:
-            await self._errors(st, reply, fresh)
-            previous = st.replies.get(main, {}).get("session_id")
-            if previous is not None and previous != reply.get("session_id"):
+            await self._errors(st, ctx, reply)
+            session = st.replies.get(main, {}).get("session_id")
+            if session is not None and session != reply.get("session_id"):
                 st.fetched.pop(CC, None)
         if st.failures > 0 and st.last_success is not None:
             # Back after failures (a reboot, a firmware update, a settings change on the app):
             # every slow method is due again, and comes MAX_SLOW_PER_POLL a poll.
-            for m in cat.methods_for(st.model.kind):
-                if m.cadence is Cadence.SLOW:
-                    st.fetched.pop(m.name, None)
-        for method in self._slow_due(st, now, first):
-            try:
-                fresh[method] = await self._get(st, method)
-            except MethodUnknown:
-                st.unsupported.add(method)
-            fetched[method] = now
+            self._slow_due_again(st)
+        due = self._slow_due(st, ctx)
+        if first:
+            spent = st.client.requests - requests_before
+            due = due[: max(0, FIRST_POLL_REQUESTS[st.model.kind] - spent)]
+        else:
+            due = due[:MAX_SLOW_PER_POLL]
+        for method in due:
+            await self._optional(st, ctx, method)
 
-    async def _identify(self, st: DeviceState, fresh: dict[str, dict[str, Any]]) -> None:
-        st.unsupported.clear()  # firmware may have been updated
-        for method in ("Device_info.Get", cat.DEVICE_ID_METHOD):
-            try:
-                fresh[method] = await self._get(st, method)
+    async def _main(self, st: DeviceState, ctx: _Poll) -> dict[str, Any]:
+        assert st.model is not None
+        main = cat.MAIN_METHOD[st.model.kind]
+        try:
+            reply = await self._get(st, main)
+            check_main_reply(main, reply)
+        except PollError as exc:
+            # An unknown method or a reply without the main values may mean another kind of
+            # unit at this address: identify it at once (once in a run of failures).
+            other_kind = isinstance(exc, MethodUnknown) or exc.reason == "schema"
+            if not other_kind or ctx.identified or st.reidentified:
+                raise
+            st.reidentified = True
+            kind = st.model.kind
+            await self._identify(st, ctx)
+            if st.model.kind == kind:
+                raise
+            return await self._main(st, ctx)
+        st.supported[main] = True
+        st.method_samples = None
+        ctx.fresh[main] = reply
+        ctx.main_ok = True
+        return reply
+
+    async def _identify(self, st: DeviceState, ctx: _Poll) -> None:
+        """Identify as the vendor's client does: Device_id.Get (Device_info.Get on firmware
+        without it), then the kind's config method (serial, board revision), Sw_version.Get.
+        A device_id or kind other than before is another unit: nothing of the old one stays."""
+        ctx.identified = True
+        ctx.fetched["identity"] = ctx.now
+        st.unsupported.clear()  # asked again once per identity refresh: firmware may be new
+        device_id = None
+        for method in (cat.DEVICE_ID_METHOD, cat.DEVICE_INFO_METHOD):
+            reply = await self._optional(st, ctx, method)
+            found = reply.get("device_id") if reply is not None else None
+            if isinstance(found, str) and found.strip():
+                device_id = found.strip()
                 break
-            except MethodUnknown:
-                continue
-        device_id = next((r.get("device_id") for r in fresh.values() if "device_id" in r), None)
-        name = cat.model_from_device_id(device_id if isinstance(device_id, str) else None)
+        name = cat.model_from_device_id(device_id)
         if name == "unknown" and st.target.model:
             name = st.target.model
-        st.model = cat.MODELS[name]
-        for m in cat.methods_for(st.model.kind):
-            if m.cadence is Cadence.IDENTITY and m.name not in fresh:
-                try:
-                    fresh[m.name] = await self._get(st, m.name)
-                except MethodUnknown:
-                    st.unsupported.add(m.name)
+        if device_id is None and st.model is not None:
+            name = st.model.name  # nothing learned: keep what was known
+        model = cat.MODELS[name]
+        swapped = device_id is not None and st.device_id not in (None, device_id)
+        if swapped or (st.model is not None and model.kind != st.model.kind):
+            log.info(
+                "device %s is another unit now (%s, %s): identity and replies read afresh",
+                st.name,
+                device_id,
+                model.name,
+            )
+            self._forget(st, ctx)
+        if device_id is not None:
+            st.device_id = device_id
+        st.model = model
+        for method in cat.IDENTITY_METHODS[model.kind]:
+            await self._optional(st, ctx, method)
 
-    async def _errors(
-        self, st: DeviceState, info: dict[str, Any], fresh: dict[str, dict[str, Any]]
-    ) -> None:
+    def _forget(self, st: DeviceState, ctx: _Poll) -> None:
+        """Drop everything read from the unit that was at this address before."""
+        keep = {cat.DEVICE_ID_METHOD, cat.DEVICE_INFO_METHOD}
+        ctx.fresh = {m: r for m, r in ctx.fresh.items() if m in keep}
+        ctx.main_ok = False
+        st.replies = {}
+        st.fetched = {}
+        st.supported = {m: v for m, v in st.supported.items() if m in keep}
+        st.method_samples = None
+        st.memo = Memo()
+
+    async def _optional(self, st: DeviceState, ctx: _Poll, method: str) -> dict[str, Any] | None:
+        """Ask a method other than the main one: any failure costs only its values. A method
+        the device does not have is remembered and not asked until the next identity refresh;
+        a device that cannot be reached fails the poll while the main method has not answered."""
+        ctx.fetched[method] = ctx.now
+        try:
+            reply = await self._get(st, method)
+        except MethodUnknown:
+            st.unsupported.add(method)
+            if st.supported.get(method) is not False:
+                st.supported[method] = False
+            self._method_failed(st, ctx, method, "unsupported")
+            return None
+        except PollError as exc:
+            if exc.reason == "connect" and not ctx.main_ok:
+                raise
+            self._method_failed(st, ctx, method, exc.reason)
+            return None
+        if st.supported.get(method) is not True:
+            st.supported[method] = True
+            st.method_samples = None
+        ctx.fresh[method] = reply
+        ctx.failed.discard(method)
+        return reply
+
+    def _method_failed(self, st: DeviceState, ctx: _Poll, method: str, reason: str) -> None:
+        st.method_errors[method, reason] += 1
+        st.method_samples = None
+        ctx.fetched[method] = ctx.now
+        ctx.fresh.pop(method, None)
+        ctx.failed.add(method)
+
+    async def _errors(self, st: DeviceState, ctx: _Poll, info: dict[str, Any]) -> None:
         flag, _ = to_number(info.get("has_active_errors", True), boolean=True)
         if flag == 0.0:
-            fresh[AE] = inactive_errors(st.replies)
+            ctx.fresh[AE] = inactive_errors(st.replies)
         elif AE not in st.unsupported:
-            try:
-                fresh[AE] = await self._get(st, AE)
-            except MethodUnknown:
-                st.unsupported.add(AE)
+            await self._optional(st, ctx, AE)
 
-    def _slow_due(self, st: DeviceState, now: float, first: bool) -> list[str]:
+    def _slow_due_again(self, st: DeviceState) -> None:
         assert st.model is not None
-        due = [
-            (st.fetched.get(m.name, -math.inf), m.name)
-            for m in cat.methods_for(st.model.kind)
-            if m.cadence is Cadence.SLOW
-            and m.name not in st.unsupported
-            and now - st.fetched.get(m.name, -math.inf) >= self.settings.slow_interval
-        ]
-        due.sort()
-        names = [name for _, name in due]
-        return names if first else names[:MAX_SLOW_PER_POLL]
+        for m in cat.methods_for(st.model.kind):
+            if m.cadence is Cadence.SLOW:
+                st.fetched.pop(m.name, None)
 
-    def _succeeded(
-        self, st: DeviceState, fresh: dict[str, dict[str, Any]], t0: float, wall: float
-    ) -> None:
+    def _slow_due(self, st: DeviceState, ctx: _Poll) -> list[str]:
+        """The slow methods due, longest waiting first (then in catalogue order)."""
+        assert st.model is not None
+        known = ChainMap(ctx.fresh, st.replies)
+        due = []
+        for index, m in enumerate(cat.methods_for(st.model.kind)):
+            if m.cadence is not Cadence.SLOW or m.name in st.unsupported:
+                continue
+            every = self.settings.slow_interval
+            if not _matters(m, known):
+                every = max(every, self.settings.identity_interval)
+            last = st.fetched.get(m.name, -math.inf)
+            if ctx.now - last >= every:
+                due.append((last, index, m.name))
+        due.sort()
+        return [name for _, _, name in due]
+
+    def _succeeded(self, st: DeviceState, ctx: _Poll, wall: float) -> None:
         if st.failures and st.reading is not None:
             log.info("device %s is up again after %d failed polls", st.name, st.failures)
-        replies = {**st.replies, **fresh}
-        for method in st.unsupported:
+        replies = {**st.replies, **ctx.fresh}
+        for method in st.unsupported | ctx.failed:
             replies.pop(method, None)
         st.replies = replies
         st.failures = 0
+        st.reidentified = False
         st.last_success = wall
 
     def _failed(self, st: DeviceState, failure: PollError) -> None:
@@ -295,13 +425,18 @@ class DevicePoller:
             )
         if st.replies:
             groups = HEALTH_ONLY if failure else HEALTH_AND_LIVE
-            samples.extend(extract(model, st.replies, st.dropped, groups, st.memo))
+            samples.extend(extract(model, st.replies, st.dropped, groups, st.memo, wall))
+        if st.method_samples is None:  # made again only when what is known of methods changed
+            st.method_samples = method_samples(st)
+        supported, errors = st.method_samples
+        samples.extend(supported)
         if st.error_samples is None:  # made again only after a failure
             st.error_samples = tuple(
                 Sample("lektrico_poll_errors_total", label_pair("reason", r), float(st.errors[r]))
                 for r in cat.POLL_ERROR_REASONS
             )
         samples.extend(st.error_samples)
+        samples.extend(errors)
         samples.extend(
             Sample("lektrico_values_dropped_total", label_pair("reason", r), float(n))
             for r, n in sorted(st.dropped.items())
@@ -317,6 +452,47 @@ class DevicePoller:
             reason=failure.reason if failure else None,
             error=str(failure) if failure else None,
         )
+
+
+_METHOD_ORDER = {m.name: i for i, m in enumerate(cat.METHODS)}
+
+
+def method_samples(st: DeviceState) -> tuple[tuple[Sample, ...], tuple[Sample, ...]]:
+    """lektrico_method_supported and lektrico_method_errors_total of a device, in catalogue
+    order of the methods."""
+    order = _METHOD_ORDER.get
+    supported = tuple(
+        Sample("lektrico_method_supported", label_pair("method", m), 1.0 if ok else 0.0)
+        for m, ok in sorted(st.supported.items(), key=lambda item: order(item[0], 99))
+    )
+    errors = tuple(
+        Sample(
+            "lektrico_method_errors_total",
+            (("method", m), ("reason", r)),
+            float(st.method_errors[m, r]),
+        )
+        for m, r in sorted(st.method_errors, key=lambda key: (order(key[0], 99), key[1]))
+    )
+    return supported, errors
+
+
+def _changed(before: Mapping[str, Any], after: Mapping[str, Any], key: str) -> bool:
+    """Both replies carry the key, with other values."""
+    old, new = before.get(key), after.get(key)
+    return old is not None and new is not None and old != new
+
+
+def _matters(method: cat.Method, known: Mapping[str, Mapping[str, Any]]) -> bool:
+    """Whether a slow method is worth its slow cadence given what is known (unknown: yes)."""
+    if method.slow_if is not None:
+        reply = known.get(method.slow_if.method)
+        if reply is not None and method.slow_if.key in reply:
+            on, _ = to_number(reply[method.slow_if.key], boolean=True)
+            if on == 0.0:
+                return False
+    if method.slow_unless:
+        return not all(src.key in known.get(src.method, {}) for src in method.slow_unless)
+    return True
 
 
 class Poller:

@@ -329,7 +329,7 @@ class DeviceLedger:
         self.session = s
         self.idle_polls, self.idle_since = 0, None
         if energy > 0:
-            self._energy(s, energy, obs.t, obs.t, obs.reason if obs.state == "C" else None)
+            self._energy(s, energy, obs.t, obs.t, obs.reason)
         self._peaks(s, obs)
         return s
 

@@ -4,8 +4,17 @@
 call log and control API; ``cli`` the ``simulate`` command.
 """
 
-from .device import PROFILES, Device, ManualClock, SimClock, make_device
+from .device import (
+    DEFAULT_PROFILES,
+    PROFILES,
+    UNKNOWN_METHOD_ANSWERS,
+    Device,
+    ManualClock,
+    SimClock,
+    make_device,
+)
 from .server import (
+    COMPRESSIONS,
     FAULT_MODES,
     SPELLINGS,
     CallRecord,
@@ -17,9 +26,12 @@ from .server import (
 )
 
 __all__ = [
+    "COMPRESSIONS",
+    "DEFAULT_PROFILES",
     "FAULT_MODES",
     "PROFILES",
     "SPELLINGS",
+    "UNKNOWN_METHOD_ANSWERS",
     "CallRecord",
     "ControlServer",
     "Device",

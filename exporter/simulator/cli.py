@@ -32,8 +32,9 @@ from typing import Any
 
 import yaml
 
-from .device import PROFILES, JSONDict
+from .device import PROFILES, UNKNOWN_METHOD_ANSWERS, JSONDict
 from .server import (
+    COMPRESSIONS,
     SPELLINGS,
     ControlServer,
     DeviceSpec,
@@ -103,6 +104,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=SPELLINGS,
         default="both",
         help="method spellings every device accepts (default both)",
+    )
+    parser.add_argument(
+        "--unknown-method",
+        choices=UNKNOWN_METHOD_ANSWERS,
+        metavar="ANSWER",
+        help="how every device answers a method it lacks (default: as its profile does; "
+        f"known: {', '.join(UNKNOWN_METHOD_ANSWERS)})",
+    )
+    parser.add_argument(
+        "--compress",
+        choices=COMPRESSIONS,
+        default="none",
+        help="compress replies for clients that accept it (default none)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -175,6 +189,8 @@ def plan_fleet(args: argparse.Namespace) -> list[DeviceSpec]:
                 spelling=args.spelling,
                 address=address,
                 port=port,
+                unknown_method=getattr(args, "unknown_method", None),
+                compress=getattr(args, "compress", "none"),
             )
         )
     return specs

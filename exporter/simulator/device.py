@@ -4,16 +4,31 @@ A device knows nothing about HTTP. ``device.read("Charger_info.Get")`` returns t
 dict, ``device.reply(...)`` the JSON bytes a real unit would send; ``device.methods`` lists the
 canonical names of the read methods the profile answers.
 
-Profiles (``PROFILES``):
+Default profiles (``DEFAULT_PROFILES``) reply as real firmware does, the way the vendor's own
+client (``lektricowifi``, which Home Assistant uses) expects: keys without the spec's typos,
+``Dynamic_current.Get`` with ``relay_mode``, meter values split over Meter_info.Get,
+App_config.Get and Sw_version.Get, serial and board revision in Charger_config.Get or
+M2w_config.Get:
 
-- ``1p7k-old``: 1P7K, firmware 1.47, prerelease-2023 API (trailing-space keys in
-  System_currents and EM_status, ``state_machine_e_activated``, integer counters energy,
-  ``reset_counter``; no Charger_config/Board_revision, no ``user_power``).
-- ``1p7k``: 1P7K on the public v2.0 API; ``1p7k-partial``: the same with the keys firmware 1.51
-  leaves out of Charger_info.Get.
-- ``3p22k``: three-phase charger on v2.0, scalar ``voltage`` is 0 like on real units.
-- ``em`` / ``3em``: single- and three-phase energy meters (Meter_info.Get); the 3EM may export
-  to the grid on one phase (negative power).
+- ``1p7k``: 1P7K on the public v2.0 API; ``3p22k``: three-phase charger, scalar ``voltage`` 0
+  like on real units.
+- ``em`` / ``3em``: single- and three-phase energy meters; the 3EM may export to the grid on
+  one phase (negative power).
+
+Quirk profiles keep what the spec and old firmware do wrong, for the exporter to cope with:
+
+- ``1p7k-old``: firmware 1.47, prerelease-2023 API (trailing-space keys in System_currents and
+  EM_status, ``state_machine_e_activated``, integer counters energy, ``reset_counter``; no
+  Device_id/Charger_config/Board_revision/Dynamic_current, no ``user_power``).
+- ``1p7k-partial``: v2.0 with the keys firmware 1.51 leaves out of Charger_info.Get.
+- ``1p7k-spec``: v2.0 replying as the spec's text, ``"dynamic_current "`` with a trailing space.
+- ``1p7k-short``: phase arrays of one item instead of three.
+- ``em-merged``: a meter whose Meter_info.Get carries App_config and Sw_version keys too (the
+  vendor library's test mock), without M2w_config.Get.
+
+How a device answers a method it does not have (``UNKNOWN_METHOD_ANSWERS``) is chosen per
+profile (``Profile.unknown_method``) or per device: ``http404`` (404 with an error frame -6),
+``http500``, ``html`` (200 with a web page), ``rpc-1``, ``rpc-6``, ``rpc-32601`` (error frames).
 
 Time: a device reads a ``Clock`` (simulated seconds). Chargers walk a scripted, seeded sequence
 of segments (A, B, B_AUTH, C, B_PAUSE, ...) and integrate energy and time in closed form, so
@@ -75,6 +90,10 @@ class ManualClock:
         self._now += seconds
 
 
+UNKNOWN_METHOD_ANSWERS = ("http404", "http500", "html", "rpc-1", "rpc-6", "rpc-32601")
+QUIRKS = frozenset({"spec_typos", "short_arrays", "merged_meter_info"})
+
+
 @dataclass(frozen=True)
 class Profile:
     name: str
@@ -85,6 +104,8 @@ class Profile:
     fw_id: str
     id_prefix: str
     omitted_keys: frozenset[str] = frozenset()
+    quirks: frozenset[str] = frozenset()
+    unknown_method: str = "http404"  # one of UNKNOWN_METHOD_ANSWERS
 
 
 PROFILES: dict[str, Profile] = {
@@ -117,11 +138,71 @@ PROFILES: dict[str, Profile] = {
                 }
             ),
         ),
-        Profile("3p22k", "charger", False, 3, "1.60", "20250225-101530/v1.60-4-g8c21f0b", "3p22k_"),
-        Profile("em", "meter", False, 1, "1.15", "20240305-141210/v1.15-0-g7a0c2e4", "m2w_81"),
-        Profile("3em", "meter", False, 3, "1.15", "20240305-141210/v1.15-0-g7a0c2e4", "m2w_83"),
+        Profile(
+            "3p22k",
+            "charger",
+            False,
+            3,
+            "1.60",
+            "20250225-101530/v1.60-4-g8c21f0b",
+            "3p22k_",
+            unknown_method="rpc-6",
+        ),
+        Profile(
+            "em",
+            "meter",
+            False,
+            1,
+            "1.15",
+            "20240305-141210/v1.15-0-g7a0c2e4",
+            "m2w_81",
+            unknown_method="rpc-32601",
+        ),
+        Profile(
+            "3em",
+            "meter",
+            False,
+            3,
+            "1.15",
+            "20240305-141210/v1.15-0-g7a0c2e4",
+            "m2w_83",
+            unknown_method="rpc-1",
+        ),
+        Profile(
+            "1p7k-spec",
+            "charger",
+            False,
+            1,
+            "1.60",
+            "20250225-101530/v1.60-4-g8c21f0b",
+            "1p7k_",
+            quirks=frozenset({"spec_typos"}),
+            unknown_method="http500",
+        ),
+        Profile(
+            "1p7k-short",
+            "charger",
+            False,
+            1,
+            "1.58",
+            "20241120-110204/v1.58-0-g1d4e2a9",
+            "1p7k_",
+            quirks=frozenset({"short_arrays"}),
+            unknown_method="html",
+        ),
+        Profile(
+            "em-merged",
+            "meter",
+            False,
+            1,
+            "1.15",
+            "20240305-141210/v1.15-0-g7a0c2e4",
+            "m2w_81",
+            quirks=frozenset({"merged_meter_info"}),
+        ),
     )
 }
+DEFAULT_PROFILES = ("1p7k", "3p22k", "em", "3em")
 
 ERROR_FLAGS = (
     "state_e_activated",
@@ -159,9 +240,44 @@ _LEGACY_SYSTEM_CURRENT_KEYS = {
         "em_current",
     )
 }
+_IDLE_ERRORS = ("rcd_test_error", "meter_fault", "rcd_init_end_error", "undervoltage_error")
 _IEC_STATE = {"B_AUTH": "B", "B_PAUSE": "B", "B_SCHEDULER": "B", "OTA": "A", "LOCKED": "A"}
 _ZERO3 = (0.0, 0.0, 0.0)
 GENERATED_KEPT = 10_000  # generated sessions a charger remembers (ground truth for tests)
+
+
+def _schedule(rng: random.Random) -> tuple[JSONDict, ...]:
+    """A weekly charging schedule: none, cheap nights on weekdays, or a paused weekday peak."""
+    roll = rng.random()
+    if roll < 0.5:
+        return ()
+    if roll < 0.8:
+        return tuple(
+            {
+                "start_d": day,
+                "start_h": 22,
+                "start_m": 0,
+                "end_d": day % 7 + 1,
+                "end_h": 6,
+                "end_m": 0,
+                "current": 32,
+                "lb_mode": 1,
+            }
+            for day in range(1, 6)
+        )
+    return tuple(
+        {
+            "start_d": day,
+            "start_h": 17,
+            "start_m": 30,
+            "end_d": day,
+            "end_h": 20,
+            "end_m": 0,
+            "current": 0,
+            "lb_mode": 1,
+        }
+        for day in range(1, 6)
+    )
 
 
 def device_key(seed: int, name: str, profile: str) -> int:
@@ -203,11 +319,12 @@ class Device(ABC):
         self._cache: dict[str, bytes] = {}
         self.methods: dict[str, Callable[[], JSONDict]] = {
             "Device_info.Get": self._device_info,
-            "Device_id.Get": lambda: {"device_id": self.device_id},
             "Sw_version.Get": lambda: {"fw_version": profile.fw_version, "fw_id": profile.fw_id},
             "Wifi_status.Get": self._wifi_status,
             "App_config.Get": self._app_config,
         }
+        if not profile.legacy_api:  # the prerelease API has no Device_id.Get
+            self.methods["Device_id.Get"] = lambda: {"device_id": self.device_id}
         # Offsetting each device's clock spreads a fleet over all states from the start.
         self._offset = self._rng.uniform(0.0, 12 * 3600.0)
         self._rssi = self._rng.randint(-82, -45)
@@ -301,6 +418,10 @@ class _Limits:
     temperature: int
     offered: int
     reason: int
+    schedule: int = 32
+    ocpp: int = 32
+    user_power: int = 32
+    em_offline: bool = False
 
 
 @dataclass(frozen=True)
@@ -312,6 +433,7 @@ class _Segment:
     limits: _Limits | None = None  # None keeps the previous limits
     error: str | None = None
     starts_session: bool = False
+    idle_error: bool = False  # the error is active without the state machine in E
 
 
 @dataclass
@@ -338,6 +460,10 @@ class _ChargerConfig:
     critical: int
     board: str
     cars: tuple[int, ...] = (32, 32, 16, 13)  # per-phase current the plugged-in car accepts
+    schedule_enabled: bool = False
+    schedule: tuple[JSONDict, ...] = ()
+    em_enabled: bool = False
+    relay_mode: int = 0
 
 
 class Charger(Device):
@@ -376,6 +502,11 @@ class Charger(Device):
             critical=rng.choice((75, 80)),
             board=rng.choice("BCE"),
         )
+        cfg = self._config
+        cfg.schedule = _schedule(rng)
+        cfg.schedule_enabled = bool(cfg.schedule) and rng.random() < 0.7
+        cfg.em_enabled = rng.random() < 0.3
+        cfg.relay_mode = rng.choice((0, 0, 1)) if profile.phases == 3 else 0
         session_id = rng.randint(1, 900)
         self._counters = _Counters(
             session_id=session_id,
@@ -455,7 +586,12 @@ class Charger(Device):
             )
         if segment.limits is not None:
             self._limits = segment.limits
-        self._active = {"state_e_activated", segment.error} if segment.error else set()
+        if segment.error and segment.idle_error:
+            self._active = {segment.error}
+        elif segment.error:
+            self._active = {"state_e_activated", segment.error}
+        else:
+            self._active = set()
         self._logged |= self._active
         self._segment = segment
         self._segment_end = self._t + segment.duration
@@ -464,10 +600,19 @@ class Charger(Device):
         )
 
     def _sessions(self) -> Iterator[_Segment]:
-        """The endless script: idle, then a session or a rare LOCKED/OTA episode."""
+        """The endless script: idle, then a session or a rare LOCKED/OTA/idle-error episode."""
         rng = self._rng
         while True:
             yield _Segment("A", rng.uniform(300, 3600), self._grid())
+            if rng.random() < 0.04:
+                # An error that is active while no car is plugged in (a failed RCD self-test).
+                yield _Segment(
+                    "A",
+                    rng.uniform(60, 600),
+                    self._grid(),
+                    error=rng.choice(_IDLE_ERRORS),
+                    idle_error=True,
+                )
             roll = rng.random()
             if roll < 0.02:
                 yield _Segment("OTA", rng.uniform(60, 240), self._grid())
@@ -496,6 +641,8 @@ class Charger(Device):
     def _charging(self, car_max: int) -> _Segment:
         rng = self._rng
         limits = self._draw_limits()
+        if limits.offered == 0:  # switching phases: the car waits, nothing flows
+            return _Segment("B", rng.uniform(5, 60), self._grid(), limits=limits)
         draw = min(limits.offered, car_max) * rng.uniform(0.9, 1.0)
         voltages = self._grid()
         l1, l2, l3 = (round(draw * rng.uniform(0.98, 1.02), 3) if v else 0.0 for v in voltages)
@@ -507,17 +654,45 @@ class Charger(Device):
         dynamic = 32 if rng.random() < 0.6 else rng.randint(6, 32)
         em = 32 if rng.random() < 0.5 else rng.randint(6, 32)
         temperature = 32 if self.profile.legacy_api or rng.random() < 0.9 else rng.randint(6, 20)
-        # Reason codes of the spec: 0 hardware, 1 install, 2 user, 3 dynamic, 6 EM, 8 temperature.
+        # Rarer limits, each in a small share of charging segments.
+        schedule = rng.randint(6, 16) if cfg.schedule_enabled and rng.random() < 0.2 else 32
+        em_offline = cfg.em_enabled and rng.random() < 0.1
+        ocpp = rng.randint(6, 16) if not cfg.headless and rng.random() < 0.3 else 32
+        user_power = 32
+        if not self.profile.legacy_api and rng.random() < 0.05:
+            user_power = rng.randint(6, 16)
+        # Reason codes of the spec: 0 hardware, 1 install, 2 user, 3 dynamic, 4 schedule,
+        # 5 EM offline, 6 EM, 7 OCPP, 8 temperature, 9 phase switching, 10 user (power),
+        # 11 single-phase charging disabled.
         candidates = [
             (32, 0),
             (cfg.install, 1),
             (cfg.user, 2),
             (dynamic, 3),
+            (schedule, 4),
+            (6 if em_offline else 32, 5),
             (em, 6),
+            (ocpp, 7),
             (temperature, 8),
+            (user_power, 10),
         ]
         offered, reason = min(candidates)
-        return _Limits(cfg.install, cfg.user, dynamic, em, temperature, offered, reason)
+        if self.profile.phases == 3 and rng.random() < 0.05:
+            # While switching phases, or with single-phase charging disabled, nothing is offered.
+            offered, reason = 0, rng.choice((9, 11))
+        return _Limits(
+            cfg.install,
+            cfg.user,
+            dynamic,
+            em,
+            temperature,
+            offered,
+            reason,
+            schedule=schedule,
+            ocpp=ocpp,
+            user_power=user_power,
+            em_offline=em_offline,
+        )
 
     def _grid(self) -> tuple[float, float, float]:
         rng = self._rng
@@ -535,18 +710,25 @@ class Charger(Device):
         m["Active_errors.Get"] = lambda: self._error_flags(self._active)
         m["Logged_errors.Get"] = lambda: self._error_flags(self._logged)
         m["Counters_config.Get"] = self._counters_config
-        m["Charging_schedule.Get"] = lambda: {"charging_schedule": []}
+        m["Charging_schedule.Get"] = lambda: {
+            "charging_schedule": [dict(interval) for interval in self._config.schedule]
+        }
         if self.profile.legacy_api:
-            m["EM_status.Get"] = lambda: {"em_offline ": False}
+            m["EM_status.Get"] = lambda: {"em_offline ": self._limits.em_offline}
             m["EM_current.Get"] = lambda: {"EM_current ": self._limits.em}
             return
-        m["EM_status.Get"] = lambda: {"em_offline": False}
-        m["Dynamic_current.Get"] = lambda: {"dynamic_current ": self._limits.dynamic}
+        m["EM_status.Get"] = lambda: {"em_offline": self._limits.em_offline}
+        m["Dynamic_current.Get"] = self._dynamic_current
         m["Charger_config.Get"] = self._charger_config
         m["Board_revision.Get"] = lambda: {"board_revision": self._config.board}
         m["Serial_number.Get"] = lambda: {"serial_number": f"{self.serial:06d}"}
         m["Pwm_value.Get"] = lambda: {"pwm_value": self._pwm_duty()}
         m["Adc_state.Get"] = lambda: {"adc_state": self._iec_state(), "adc_raw": self._adc_raw()}
+
+    def _dynamic_current(self) -> JSONDict:
+        if "spec_typos" in self.profile.quirks:
+            return {"dynamic_current ": self._limits.dynamic}  # as the v2.0 spec's text
+        return {"dynamic_current": self._limits.dynamic, "relay_mode": self._config.relay_mode}
 
     def _iec_state(self) -> str:
         state = self._segment.state
@@ -596,7 +778,9 @@ class Charger(Device):
             "pwm_current": self._offered(),
         }
         if not self.profile.legacy_api:
-            reply["relay_mode"] = 0
+            reply["relay_mode"] = self._config.relay_mode
+        if "short_arrays" in self.profile.quirks:
+            reply["currents"], reply["voltages"] = currents[:1], voltages[:1]
         for key in self.profile.omitted_keys:
             reply.pop(key, None)
         return reply
@@ -610,15 +794,15 @@ class Charger(Device):
             "user_current": lim.user,
             "charging_current": self._offered(),
             "system_max_current": 32,
-            "schedule_current": 32,
-            "ocpp_current": 32,
-            "em_current": lim.em,
+            "schedule_current": lim.schedule,
+            "ocpp_current": lim.ocpp,
+            "em_current": 6 if lim.em_offline else lim.em,
         }
         if self.profile.legacy_api:
             return {_LEGACY_SYSTEM_CURRENT_KEYS[k]: v for k, v in values.items()}
         values["temperature_current"] = lim.temperature
         values["user_power_current"] = min(
-            32, self._config.user_power // 230 // self.profile.phases
+            lim.user_power, self._config.user_power // 230 // self.profile.phases
         )
         return values
 
@@ -660,10 +844,10 @@ class Charger(Device):
             "connected_phase": self.profile.phases,
             "owner_id": "",
             "user_current": cfg.user,
-            "gmt_offset": 0,
+            "gmt_offset": 2,
             "precise_pwm_mode": False,
-            "energy_management_enabled": False,
-            "charging_schedule_enabled": False,
+            "energy_management_enabled": cfg.em_enabled,
+            "charging_schedule_enabled": cfg.schedule_enabled,
             "em_id": "",
             "timezone": "Europe/Bucharest",
         }
@@ -714,8 +898,14 @@ class Meter(Device):
         self._pv_phase = rng.randrange(3) if profile.phases == 3 and rng.random() < 0.5 else None
         self._bucket = -1
         self._values: JSONDict = {}
+        self._board = rng.choice("AB")
         self._advance(self._offset)
         self.methods["Meter_info.Get"] = self._meter_info
+        if "merged_meter_info" not in profile.quirks:
+            self.methods["M2w_config.Get"] = lambda: {
+                "serial_number": self.serial,
+                "board_revision": self._board,
+            }
 
     def _advance(self, t: float) -> bool:
         bucket = int(t // self._BUCKET)
@@ -749,14 +939,22 @@ class Meter(Device):
 
     def _meter_info(self) -> JSONDict:
         v = self._values
+        if "merged_meter_info" in self.profile.quirks:
+            # The vendor library's mock: Meter_info, App_config and Sw_version keys in one.
+            return {
+                "current": v["current"],
+                "voltage": v["voltage"],
+                "active_p": v["active_p"],
+                "fw_version": self.profile.fw_version,
+                "breaker_rating": self._breaker,
+                "power_factor": v["power_factor"],
+                "load_balancing_mode": self._mode,
+            }
         return {
             "current": v["current"],
             "voltage": v["voltage"],
             "active_p": v["active_p"],
-            "fw_version": self.profile.fw_version,
-            "breaker_rating": self._breaker,
             "power_factor": v["power_factor"],
-            "load_balancing_mode": self._mode,
         }
 
     def _app_config(self) -> JSONDict:

@@ -20,8 +20,15 @@ Faults (``Fault.parse``), per device and changeable at runtime: ``none``, ``hang
 answer), ``slow:<s>``, ``reset`` (TCP RST), ``http500``, ``nonjson`` (HTML page), ``rpcerror``
 (error frame -1), ``truncated`` (body shorter than Content-Length), ``garbage`` (wrong value
 types), ``flap:<s>`` (healthy and ``reset`` alternating every <s> seconds), ``refuse`` (not
-listening). Spelling modes (``SPELLINGS``): ``both``, ``canonical``, ``lower``.
+listening). Spelling modes (``SPELLINGS``): ``both``, ``canonical``, ``lower``. A method the
+device does not have is answered as its profile says, or as ``DeviceSpec.unknown_method``
+(``UNKNOWN_METHOD_ANSWERS``: ``http404``, ``http500``, ``html``, ``rpc-1``, ``rpc-6``,
+``rpc-32601``). ``DeviceSpec.compress`` (``gzip`` or ``deflate``) compresses replies for
+clients that accept it. ``DeviceSpec.lacks`` takes methods away from a profile (firmware
+without them); ``DeviceSpec.method_faults`` gives single methods a fault of their own.
 
+Reads are ``GET /rpc/<Method>``, or JSON-RPC frames ``POST /rpc`` ``{"id": 1, "method":
+"Charger_info.Get"}`` answered ``{"id": 1, "src": <device_id>, "dst": ..., "result": {...}}``.
 Every request is counted; non-read methods (anything but ``*.Get``) are answered with error
 frame -7 and never change a device. HTTP is spoken by a small asyncio protocol rather than
 aiohttp.web so faults can break the exchange at any byte and thousands of listeners stay cheap.
@@ -29,7 +36,7 @@ aiohttp.web so faults can break the exchange at any byte and thousands of listen
 ``ControlServer`` serves the control API for one or more shards (a fleet, or a worker process
 holding one): ``GET /devices``, ``GET /calls``, ``POST /devices/{name}/fault`` ``{"mode": ...}``,
 ``POST /devices/{name}/alias`` ``{"alias": ...}``, ``POST /devices/{name}/spelling``
-``{"mode": ...}``.
+``{"mode": ...}``, ``POST /devices/{name}/unknown`` ``{"mode": ...}``.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ import math
 import socket
 import struct
 import time
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -51,7 +59,16 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from .device import Charger, Device, JSONDict, SimClock, default_serial, encode, make_device
+from .device import (
+    UNKNOWN_METHOD_ANSWERS,
+    Charger,
+    Device,
+    JSONDict,
+    SimClock,
+    default_serial,
+    encode,
+    make_device,
+)
 
 FAULT_MODES = (
     "none",
@@ -68,6 +85,7 @@ FAULT_MODES = (
 )
 _TIMED_MODES = frozenset({"slow", "flap"})
 SPELLINGS = ("both", "canonical", "lower")
+COMPRESSIONS = ("none", "gzip", "deflate")
 
 _JSON = "application/json"
 _TEXT = "text/plain"
@@ -77,6 +95,8 @@ _HTML_PAGE = (
     b"<body><h1>Lektrico charger</h1><p>Configuration portal</p></body></html>"
 )
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 500: "Internal Server Error"}
+_UNKNOWN_CODES = {"rpc-1": -1, "rpc-6": -6, "rpc-32601": -32601}
+_UNKNOWN_MESSAGES = {-1: "General fail.", -6: "Error uknown key.", -32601: "Method not found"}
 _MAX_HEAD = 16384
 _MAX_BODY = 65536
 _RST_LINGER = struct.pack("ii", 1, 0)
@@ -120,6 +140,10 @@ class DeviceSpec:
     ssid: str = "HomeNet"
     address: str | None = None  # None: the fleet's host
     port: int = 0  # 0: an ephemeral port
+    unknown_method: str | None = None  # None: as the profile answers (UNKNOWN_METHOD_ANSWERS)
+    compress: str = "none"  # COMPRESSIONS: replies compressed for clients that accept it
+    lacks: tuple[str, ...] = ()  # canonical read methods this firmware does not have
+    method_faults: dict[str, str] | None = None  # canonical method → fault, for it alone
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,14 +175,28 @@ def loopback_address(base: str, index: int) -> str:
 
 
 def _response(
-    status: int, content_type: str, body: bytes, keep_alive: bool, length: int | None = None
+    status: int,
+    content_type: str,
+    body: bytes,
+    keep_alive: bool,
+    length: int | None = None,
+    encoding: str | None = None,
 ) -> bytes:
     head = (
         f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {content_type}\r\n"
-        f"Content-Length: {len(body) if length is None else length}\r\n"
+        + (f"Content-Encoding: {encoding}\r\n" if encoding else "")
+        + f"Content-Length: {len(body) if length is None else length}\r\n"
         f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n"
     )
     return head.encode() + body
+
+
+def _compress(body: bytes, encoding: str) -> bytes:
+    if encoding == "gzip":
+        compressor = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    else:
+        compressor = zlib.compressobj(6, zlib.DEFLATED, zlib.MAX_WBITS)
+    return compressor.compress(body) + compressor.flush()
 
 
 class _BadRequest(Exception):
@@ -170,6 +208,8 @@ class _Request:
     method: str
     target: str
     keep_alive: bool
+    body: bytes = b""
+    accept_encoding: str = ""
 
 
 def _parse(buffer: bytearray) -> _Request | None:
@@ -186,6 +226,7 @@ def _parse(buffer: bytearray) -> _Request | None:
     method, target, version = parts
     length = 0
     connection = ""
+    accept = ""
     for line in lines[1:]:
         name, _, value = line.partition(":")
         name = name.strip().lower()
@@ -198,15 +239,18 @@ def _parse(buffer: bytearray) -> _Request | None:
                 raise _BadRequest
         elif name == "connection":
             connection = value.strip().lower()
+        elif name == "accept-encoding":
+            accept = value.strip().lower()
         elif name == "transfer-encoding":
             raise _BadRequest  # the devices' tiny HTTP servers do not take chunked bodies either
     total = end + 4 + length
     if len(buffer) < total:
         return None
+    body = bytes(buffer[end + 4 : total])
     del buffer[:total]
-    if version == "HTTP/1.1":
-        return _Request(method, target, keep_alive="close" not in connection)
-    return _Request(method, target, keep_alive="keep-alive" in connection)
+    http11 = version == "HTTP/1.1"
+    keep_alive = "close" not in connection if http11 else "keep-alive" in connection
+    return _Request(method, target, keep_alive, body, accept)
 
 
 class _Connection(asyncio.Protocol):
@@ -298,9 +342,17 @@ class _Endpoint:
         self.fault = Fault.parse(spec.fault)
         self.fault_since = time.monotonic()
         self.spelling = _check_spelling(spec.spelling)
+        self.unknown_method = _check_unknown(spec.unknown_method or device.profile.unknown_method)
+        self.compress = _check_compress(spec.compress)
         self.server: asyncio.Server | None = None
         self.connections: set[_Connection] = set()
-        self._methods = {method.lower(): method for method in device.methods}
+        for method in spec.lacks:
+            if method not in device.methods:
+                raise ValueError(f"device {spec.name}: {method} is not a method of {spec.profile}")
+        self._methods = {m.lower(): m for m in device.methods if m not in spec.lacks}
+        self.method_faults = {
+            method: Fault.parse(fault) for method, fault in (spec.method_faults or {}).items()
+        }
 
     def bind(self) -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -331,26 +383,45 @@ class _Endpoint:
 
     def handle(self, connection: _Connection, request: _Request) -> None:
         path = request.target.partition("?")[0]
-        rpc = unquote(path[5:]) if path.startswith("/rpc/") else path
+        frame = _frame(request) if path in ("/rpc", "/rpc/") else None
+        if frame is not None:
+            rpc = str(frame.get("method", ""))
+        else:
+            rpc = unquote(path[5:]) if path.startswith("/rpc/") else path
         self.fleet.record(self.name, request.method, rpc)
-        mode = self.fault.mode
+        fault = self.fault
+        if self.method_faults:
+            fault = self.method_faults.get(self._methods.get(rpc.lower(), ""), fault)
+        mode = fault.mode
         if mode == "flap":
             elapsed = time.monotonic() - self.fault_since
-            mode = "reset" if int(elapsed / self.fault.seconds) % 2 else "none"
+            mode = "reset" if int(elapsed / fault.seconds) % 2 else "none"
         if mode == "reset":
             connection.reset()
             return
         if mode == "hang":
             connection.hang()
             return
-        status, content_type, body = self._answer(path, rpc, mode)
+        if frame is not None:
+            status, content_type, body = self._answer_frame(frame, rpc, mode)
+        else:
+            status, content_type, body = self._answer(path, rpc, mode)
+        encoding = None
+        if self.compress != "none" and self.compress in request.accept_encoding:
+            body, encoding = _compress(body, self.compress), self.compress
+        if encoding is not None and mode not in ("truncated", "slow"):
+            connection.send(
+                _response(status, content_type, body, request.keep_alive, encoding=encoding),
+                request.keep_alive,
+            )
+            return
         if mode == "truncated":
             connection.send_truncated(
                 _response(status, content_type, body, False), missing=max(1, len(body) // 2)
             )
         elif mode == "slow":
             connection.send_later(
-                self.fault.seconds,
+                fault.seconds,
                 _response(status, content_type, body, request.keep_alive),
                 request.keep_alive,
             )
@@ -372,10 +443,39 @@ class _Endpoint:
             return 200, _JSON, self._error(-7, "Prohibited action error.")
         method = self._resolve(rpc)
         if method is None:
-            return 404, _JSON, self._error(-6, "Error unknown method.")
+            return self._unknown()
         if mode == "garbage":
             return 200, _JSON, self.device.garbled(method)
         return 200, _JSON, self.device.reply(method)
+
+    def _unknown(self) -> tuple[int, str, bytes]:
+        """A method the device does not have, answered as this firmware does."""
+        answer = self.unknown_method
+        if answer == "http404":
+            return 404, _JSON, self._error(-6, "Error unknown method.")
+        if answer == "http500":
+            return 500, _TEXT, b"Internal Server Error"
+        if answer == "html":
+            return 200, _HTML, _HTML_PAGE
+        code = _UNKNOWN_CODES[answer]
+        return 200, _JSON, self._error(code, _UNKNOWN_MESSAGES[code])
+
+    def _answer_frame(self, frame: JSONDict, rpc: str, mode: str) -> tuple[int, str, bytes]:
+        """A JSON-RPC frame posted to /rpc: the reply, or the error, in a frame."""
+        request_id = frame.get("id", 0)
+        if mode in ("http500", "nonjson"):
+            return self._answer("/rpc/" + rpc, rpc, mode)
+        if mode == "rpcerror":
+            return 200, _JSON, self._error(-1, "General fail.", request_id)
+        if not rpc.lower().endswith(".get"):
+            return 200, _JSON, self._error(-7, "Prohibited action error.", request_id)
+        method = self._resolve(rpc)
+        if method is None:
+            return 200, _JSON, self._error(-6, "Error uknown key.", request_id)
+        result = self.device.read(method)
+        src = frame.get("src", "user")
+        reply = {"id": request_id, "src": self.device.device_id, "dst": src, "result": result}
+        return 200, _JSON, encode(reply)
 
     def _resolve(self, rpc: str) -> str | None:
         method = self._methods.get(rpc.lower())
@@ -387,15 +487,26 @@ class _Endpoint:
             return None
         return method
 
-    def _error(self, code: int, message: str) -> bytes:
+    def _error(self, code: int, message: str, request_id: Any = 0) -> bytes:
         return encode(
             {
-                "id": 0,
+                "id": request_id,
                 "src": self.device.device_id,
                 "dst": "user",
                 "error": {"code": code, "message": message},
             }
         )
+
+
+def _frame(request: _Request) -> JSONDict | None:
+    """The JSON-RPC frame of a POST to /rpc, or None."""
+    if request.method != "POST":
+        return None
+    try:
+        frame = json.loads(request.body or b"null")
+    except ValueError:
+        return None
+    return frame if isinstance(frame, dict) else None
 
 
 def _open_log(path: str) -> IO[str]:
@@ -407,6 +518,19 @@ def _check_spelling(spelling: str) -> str:
     if spelling not in SPELLINGS:
         raise ValueError(f"unknown spelling {spelling!r}; known: {', '.join(SPELLINGS)}")
     return spelling
+
+
+def _check_unknown(answer: str) -> str:
+    if answer not in UNKNOWN_METHOD_ANSWERS:
+        known = ", ".join(UNKNOWN_METHOD_ANSWERS)
+        raise ValueError(f"unknown unknown-method answer {answer!r}; known: {known}")
+    return answer
+
+
+def _check_compress(compress: str) -> str:
+    if compress not in COMPRESSIONS:
+        raise ValueError(f"unknown compression {compress!r}; known: {', '.join(COMPRESSIONS)}")
+    return compress
 
 
 class SimulatedFleet:
@@ -526,6 +650,8 @@ class SimulatedFleet:
             "fault": str(endpoint.fault),
             "spelling": endpoint.spelling,
             "alias": endpoint.device.alias,
+            "unknown": endpoint.unknown_method,
+            "compress": endpoint.compress,
         }
 
     def set_fault(self, name: str, fault: str) -> None:
@@ -551,6 +677,13 @@ class SimulatedFleet:
 
     def set_spelling(self, name: str, spelling: str) -> None:
         self._endpoint(name).spelling = _check_spelling(spelling)
+
+    def set_unknown_method(self, name: str, answer: str) -> None:
+        """How the device answers methods it does not have, from the next request on."""
+        self._endpoint(name).unknown_method = _check_unknown(answer)
+
+    def set_compress(self, name: str, compress: str) -> None:
+        self._endpoint(name).compress = _check_compress(compress)
 
     def call_counts(self) -> Counter[tuple[str, str]]:
         """Requests so far by (device, rpc method), kept even when ``keep_calls`` is off."""
@@ -578,6 +711,8 @@ class SimulatedFleet:
                 "fault": self.set_fault,
                 "alias": self.set_alias,
                 "spelling": self.set_spelling,
+                "unknown": self.set_unknown_method,
+                "compress": self.set_compress,
             }.get(str(command.get("field")))
             if name not in self._endpoints:
                 return {"error": f"unknown device {name!r}", "status": 404}
@@ -645,7 +780,9 @@ class ControlServer:
         app.router.add_get("/devices", self._devices)
         app.router.add_get("/calls", self._calls)
         app.router.add_get("/devices/{name}/sessions", self._sessions)
-        app.router.add_post("/devices/{name}/{field:fault|alias|spelling}", self._set)
+        app.router.add_post(
+            "/devices/{name}/{field:fault|alias|spelling|unknown|compress}", self._set
+        )
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, self._host, self._port).start()
