@@ -104,7 +104,7 @@ NON_BASE_UNITS = frozenset(
 )
 # Contract names that carry no unit suffix although dimensionless: a power factor is a ratio.
 UNIT_IMPLIED_BY_NAME = frozenset({"lektrico_meter_power_factor"})
-EXPORTER = {name: (typ, labels) for name, typ, _, labels in cat.EXPORTER_METRICS}
+EXPORTER = {m.name: (m.kind.value, m.labels) for m in cat.EXPORTER_METRICS}
 
 
 def parse_metrics_md(text: str) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
@@ -290,10 +290,10 @@ def test_every_source_key_has_no_surrounding_space(metric: str, src: cat.Src) ->
     "metric", [m for m in cat.CATALOGUE if sources(m.extract)], ids=lambda m: m.name
 )
 def test_metric_has_a_source_that_each_of_its_device_kinds_is_asked(metric: cat.Metric) -> None:
-    kinds_of = {m.name: m.kinds for m in cat.METHODS}
+    kinds_of = {m.name: m.devices for m in cat.METHODS}
     asked = {kind for s in sources(metric.extract) for kind in kinds_of.get(s.method, ())}
 
-    assert metric.kinds <= asked
+    assert metric.devices <= asked
 
 
 def test_main_methods_are_polled_every_time() -> None:
@@ -307,7 +307,7 @@ def test_main_methods_are_polled_every_time() -> None:
 
 def test_reserved_labels_include_every_metric_label_and_device() -> None:
     labels = {label for m in cat.CATALOGUE for label in m.labels}
-    labels |= {label for *_, metric_labels in cat.EXPORTER_METRICS for label in metric_labels}
+    labels |= {label for m in cat.EXPORTER_METRICS for label in m.labels}
 
     assert labels | {"device"} <= cat.RESERVED_LABELS
 

@@ -387,7 +387,7 @@ class Case:
         """The device kind a device-detail query needs (charger or meter), from the catalogue."""
         names = {base_metric(n) for n in promql_names(self.target.get("expr", ""))}
         names |= influx_metrics(self.target.get("query", ""))
-        kinds = set.union(*(set(cat.BY_NAME[n].kinds) for n in names if n in cat.BY_NAME))
+        kinds = set.union(*(set(cat.BY_NAME[n].devices) for n in names if n in cat.BY_NAME))
         return kinds.pop() if len(kinds) == 1 else None
 
 

@@ -414,7 +414,7 @@ def number_keys(kind: str) -> set[str]:
     return {
         m.extract.sources[0].key
         for m in cat.CATALOGUE
-        if kind in m.kinds
+        if kind in m.devices
         and isinstance(m.extract, cat.Number)
         and m.extract.sources[0].method == main
     }

@@ -9,28 +9,16 @@ from exporter.catalogue import table as cat
 
 def _source(metric: cat.Metric) -> str:
     ex = metric.extract
-    srcs: list[cat.Src] = []
-    if isinstance(ex, cat.Number | cat.StateSet):
-        srcs = list(ex.sources)
-    elif isinstance(ex, cat.PerPhase):
-        srcs = [ex.source]
-    elif isinstance(ex, cat.EnumSet):
-        srcs = [ex.source, *ex.fallbacks]
-    elif isinstance(ex, cat.Labelled | cat.Info):
-        pairs = ex.entries if isinstance(ex, cat.Labelled) else ex.fields
-        srcs = [s for _, sources in pairs for s in sources]
-    elif isinstance(ex, cat.Flags):
+    if isinstance(ex, cat.Flags):
         return f"`{ex.method}` (every flag key)"
-    elif isinstance(ex, cat.Derived):
+    if isinstance(ex, cat.Derived):
         return "derived by the exporter from successive polls, kept in its state store"
-    elif isinstance(ex, cat.Length):
+    if isinstance(ex, cat.Length):
         return f"items in `{ex.source.method}` `{ex.source.key}`"
-    elif isinstance(ex, cat.Schedule):
-        srcs = list(cat.SCHEDULE_INPUTS)
-    else:
+    srcs = cat.inputs_of(ex)
+    if not srcs:
         return "computed by the exporter"
-    seen = dict.fromkeys(f"`{s.method}` `{s.key}`" for s in srcs)
-    text = ", ".join(seen)
+    text = ", ".join(dict.fromkeys(f"`{s.method}` `{s.key}`" for s in srcs))
     scale = getattr(ex, "scale", 1.0)
     return text + (f" x {scale:g}" if scale != 1.0 else "")
 
@@ -54,10 +42,11 @@ def render() -> str:
             influx = f"`lektrico_{m.influx.measurement}` `{field}` ({m.influx.type})"
         out.append(
             f"| `{m.name}` | {m.kind.value} | {', '.join(m.labels) or '-'} | {m.unit or '-'} | "
-            f"{', '.join(sorted(m.kinds))} | {_source(m)} | {influx} |"
+            f"{', '.join(sorted(m.devices))} | {_source(m)} | {influx} |"
         )
     out += ["", "## The exporter's own", "", "| name | type | labels | help |", "|---|---|---|---|"]
-    for name, kind, help_, labels in cat.EXPORTER_METRICS:
+    for own in cat.EXPORTER_METRICS:
+        name, kind, help_, labels = own.name, own.kind.value, own.help, own.labels
         out.append(f"| `{name}` | {kind} | {', '.join(labels) or '-'} | {help_} |")
     notes = [m for m in cat.CATALOGUE if m.notes]
     if notes:
@@ -80,7 +69,7 @@ def render() -> str:
             keys = ", ".join(f"`{s.key}`" for s in method.slow_unless)
             when = f"`{method.slow_unless[0].method}` lacks one of {keys}"
         out.append(
-            f"| `{method.name}` | {method.cadence.value} | {', '.join(sorted(method.kinds))} "
+            f"| `{method.name}` | {method.cadence.value} | {', '.join(sorted(method.devices))} "
             f"| {when} |"
         )
     return "\n".join(out) + "\n"

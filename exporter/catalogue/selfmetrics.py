@@ -25,7 +25,7 @@ from exporter.catalogue import table as cat
 class SelfMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        spec = {name: (kind, help_, labels) for name, kind, help_, labels in cat.EXPORTER_METRICS}
+        spec = {m.name: (m.kind, m.help, m.labels) for m in cat.EXPORTER_METRICS}
 
         def gauge(name: str) -> Gauge:
             _, help_, labels = spec[name]

@@ -352,7 +352,7 @@ class Extractor:
                     break
             labels.append((label, value))
         found = {k: v for k, v in labels}
-        if metric.name == "lektrico_device_info":
+        if ex.identity:
             found["model"] = self.model.name
             # A charger's device_id ends in its serial (1p7k_500006); a meter's does not
             # (m2w_81 is its model): its serial comes from M2w_config.Get only.
@@ -382,7 +382,7 @@ def extract(
     ex = Extractor(model, replies, dropped, now)
     out: list[Sample] = []
     for metric in cat.CATALOGUE:
-        if metric.group in groups and model.kind in metric.kinds:
+        if metric.group in groups and model.kind in metric.devices:
             out.extend(ex.samples(metric))
     return out
 
@@ -397,7 +397,7 @@ for _pairs in _DEPENDS:
         _READ[_method] = _READ.get(_method, frozenset()) | {(_method, _key)}
 # Per device kind: (row index, metric, depends) of the rows that kind has.
 _KIND_ROWS = {
-    kind: tuple((i, m, _DEPENDS[i]) for i, m in enumerate(_ROWS) if kind in m.kinds)
+    kind: tuple((i, m, _DEPENDS[i]) for i, m in enumerate(_ROWS) if kind in m.devices)
     for kind in (cat.CHARGER, cat.METER)
 }
 _TIMED = frozenset(i for i, m in enumerate(_ROWS) if cat.time_dependent(m.extract))

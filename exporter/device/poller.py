@@ -67,7 +67,6 @@ MAX_SLOW_PER_POLL = 2
 FIRST_POLL_REQUESTS = {cat.CHARGER: 8, cat.METER: 5}
 TICK = 0.02  # the scheduler wakes at most this often (s)
 AE = "Active_errors.Get"
-CC = "Counters_config.Get"
 HEALTH_ONLY = frozenset({cat.Group.HEALTH})
 HEALTH_AND_LIVE = frozenset({cat.Group.HEALTH, cat.Group.LIVE})
 
@@ -247,7 +246,7 @@ class DevicePoller:
             await self._errors(st, ctx, reply)
             session = st.replies.get(main, {}).get("session_id")
             if session is not None and session != reply.get("session_id"):
-                st.fetched.pop(CC, None)
+                st.fetched.pop(cat.COUNTERS_CONFIG, None)
         if st.failures > 0 and st.last_success is not None:
             # Back after failures (a reboot, a firmware update, a settings change on the app):
             # every slow method is due again, and comes MAX_SLOW_PER_POLL a poll.
