@@ -112,7 +112,7 @@ async def bench_write(rounds: list[list[Reading]], workdir: Path) -> tuple[float
             await writer.flush()
             out.append(time.perf_counter() - t0)
             out.append((metrics.registry.get_sample_value(written) or 0.0) - before)
-        await writer.stop()
+        await writer.close()
         return out[0], out[2], out[3]
     finally:
         await vm.stop()

@@ -108,22 +108,18 @@ class Exporter:
     telemetry_path: str = "/metrics"
 
     def __post_init__(self) -> None:
-        self.outputs = build_outputs(self.config, self.metrics)
         self.status = StatusBoard()
-        sinks = [
-            self.exposition.publish,
-            self.status.publish,
-            *(o.publish for o in self.outputs),
-            *self.extra_sinks,
-        ]
-        self.sessions = sessions_stage(self.config, self.outputs)
+        writers = build_outputs(self.config, self.metrics)
+        self.outputs: list[Output] = [self.exposition, self.status, *writers]
+        sinks = [*(o.publish for o in self.outputs), *self.extra_sinks]
+        self.sessions = sessions_stage(self.config, writers)
         if self.sessions is not None:  # the ledger first: outputs get its derived samples
             sinks = [self.sessions.before(sinks)]
         self.poller = Poller(settings_of(self.config), sinks, self.metrics)
-        self.poller.on_remove(self.exposition.remove)
-        self.poller.on_remove(self.status.remove)
         if self.sessions is not None:
             self.poller.on_remove(self.sessions.remove)
+        for output in self.outputs:
+            self.poller.on_remove(output.remove)
         self.web = Web(
             self.poller,
             self.exposition,
@@ -285,7 +281,7 @@ class Exporter:
         if self.sessions is not None:  # before the outputs: its last sessions go out with them
             await self.sessions.stop()
         for output in self.outputs:  # after the last poll, so every reading is flushed
-            await output.stop()
+            await output.close()
 
 
 async def run_until_signal(exporter: Exporter) -> None:

@@ -250,7 +250,7 @@ async def test_buffer_full_drops_the_oldest_points_and_counts_them(
         writer.publish(reading)
     await vm.start()
     await writer.start()
-    await writer.stop()
+    await writer.close()
 
     await assert_stored(vm, lines_of(readings[6:]))
     dropped = counter_value(metrics, "lektrico_influxdb_points_dropped_total", reason="buffer_full")
@@ -265,7 +265,7 @@ async def test_stop_writes_what_is_buffered(vm: VictoriaMetrics) -> None:
     for reading in readings:
         writer.publish(reading)
 
-    await writer.stop()
+    await writer.close()
 
     await assert_stored(vm, lines_of(readings))
 
@@ -281,13 +281,13 @@ async def test_a_restart_during_an_outage_keeps_the_points_in_the_spool(
     for reading in readings:
         first.publish(reading)
     started = time.monotonic()
-    await first.stop()
+    await first.close()
     stop_took = time.monotonic() - started
 
     second = InfluxWriter(config)
     await vm.start()
     await second.start()
-    await second.stop()
+    await second.close()
 
     assert stop_took < 3
     assert second.points == 0
@@ -471,7 +471,7 @@ async def test_a_type_conflict_drops_only_the_conflicting_points_and_is_reported
         for i in range(6):
             writer.publish(charger_reading(device="a", time=now + i))
             writer.publish(charger_reading(device="b", time=now + i))
-        await writer.stop()
+        await writer.close()
 
     charger = await influx_rows(influx, "SELECT power_watts FROM lektrico_charger GROUP BY *")
     others = await influx_rows(influx, "SELECT * FROM /lektrico_.*/ WHERE device != 'other'")
@@ -511,7 +511,7 @@ async def test_a_refused_write_is_reported_once_and_later_points_still_go_out(
             await influx.query("GRANT WRITE ON lektrico TO writer", auth=ADMIN)
         for i in range(4, 7):
             writer.publish(charger_reading(time=T0 + i))
-        await writer.stop()
+        await writer.close()
 
     rows = await influx_rows(influx, "SELECT up FROM lektrico_device")
     assert [r["time"] for r in rows] == [round((T0 + i) * 1000) for i in range(4, 7)]
@@ -530,7 +530,7 @@ async def test_retry_after_is_honoured(vm: VictoriaMetrics) -> None:
         for reading in readings:
             writer.publish(reading)
         await writer.flush()
-        await writer.stop()
+        await writer.close()
 
     gaps = [b - a for a, b in zip(shim.requests, shim.requests[1:], strict=False)]
     assert len(shim.requests) == 3
@@ -592,7 +592,7 @@ async def test_the_spool_keeps_more_than_buffer_points_through_an_outage(
 
     await vm.start()
     await wait_until(lambda: writer.points == 0, 20, "the spool to be written")
-    await writer.stop()
+    await writer.close()
 
     await assert_stored(vm, lines_of(readings))
     assert dropped_total(metrics) == 0
@@ -636,7 +636,7 @@ async def test_points_the_spool_cannot_take_stay_in_memory_and_arrive(
 
     await vm.start()
     await wait_until(lambda: writer.points == 0, 20, "the points to be written")
-    await writer.stop()
+    await writer.close()
 
     await assert_stored(vm, lines_of(readings))
     assert dropped_total(metrics) == 0
@@ -664,7 +664,7 @@ async def test_points_beyond_the_buffer_when_the_spool_fails_are_counted_and_log
 
     await vm.start()
     await writer.start()
-    await writer.stop()
+    await writer.close()
 
     await assert_stored(vm, lines_of([readings[0], *readings[-4:]]))  # the spool's, the newest
     dropped = counter_value(
@@ -697,7 +697,7 @@ async def test_no_retry_after_makes_the_writer_hammer_stall_or_crash(
         during = len(shim.requests)
         shim.faults.clear()
         await wait_until(lambda: writer.points == 0, 5, "the points once the server is back")
-        await writer.stop()
+        await writer.close()
 
     # Backoff within [0.5 s, 1 s]: at most 7 attempts in 3 s, at least one retry.
     assert 2 <= during <= 7, f"{during} requests in 3 s"
@@ -775,7 +775,7 @@ async def test_a_huge_error_body_is_read_in_part_and_logged_short(
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
-        await writer.stop()
+        await writer.close()
     finally:
         server.kill()
         server.wait()

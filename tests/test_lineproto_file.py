@@ -29,7 +29,7 @@ async def test_each_reading_is_appended_as_whole_lines(tmp_path: Path) -> None:
     await output.start()
     for reading in readings:
         output.publish(reading)
-    await output.stop()
+    await output.close()
 
     serializer = Serializer("ms")
     assert path.read_bytes() == b"# earlier\n" + b"".join(map(serializer.encode, readings))
@@ -44,7 +44,7 @@ async def test_a_rotated_file_is_reopened(tmp_path: Path, monkeypatch: pytest.Mo
     output.publish(charger_reading(time=T0))
     path.rename(tmp_path / "points.lp.1")
     output.publish(charger_reading(time=T0 + 1))
-    await output.stop()
+    await output.close()
 
     assert (tmp_path / "points.lp.1").read_text().endswith(" 1700000000\n")
     assert path.read_text().endswith(" 1700000001\n")
@@ -56,7 +56,7 @@ async def test_dash_writes_to_stdout() -> None:
 
     await output.start()
     output.publish(charger_reading())
-    await output.stop()
+    await output.close()
 
     assert stdout.getvalue().startswith(b"ev_device,device=garage,model=3p22k,site=home up=true")
 
@@ -101,7 +101,7 @@ async def test_influxql_reads_the_schema_back_from_influxdb_1(tmp_path: Path) ->
             await exporter.start()
             await asyncio.sleep(1.0)
             await exporter.stop()
-            await output.stop()
+            await output.close()
         await influx.query("CREATE DATABASE home")
         assert await influx.write("home", path.read_bytes(), precision="ms") == (204, "")
 

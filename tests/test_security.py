@@ -680,7 +680,7 @@ async def test_influxdb_error_that_echoes_the_token_does_not_put_it_in_the_log(
                 Reading("d", (), 1.7e9, True, 0.1, "1p7k", (Sample("lektrico_up", (), 1),))
             )
             await asyncio.sleep(2.0)
-            await writer.stop()
+            await writer.close()
 
     assert "401" in caplog.text  # the failure was logged
     assert token not in caplog.text

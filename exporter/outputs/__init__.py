@@ -1,9 +1,9 @@
-"""The outputs every reading goes to besides /metrics, built from the config.
+"""The outputs every reading goes to: the interface, and the optional ones built from the config.
 
 An output takes readings synchronously from the poller (`publish`, which must not block) and
-does its I/O in its own task between `start()` and `stop()`. Prometheus is not one of them: its
-exposition is always there. InfluxDB and line protocol are optional and independent, so an
-InfluxDB-only user needs no scraper.
+does its I/O in its own task between `start()` and `close()`. The Prometheus exposition is
+always there; InfluxDB and line protocol are optional and independent, so an InfluxDB-only user
+needs no scraper.
 """
 
 from __future__ import annotations
@@ -19,13 +19,19 @@ if TYPE_CHECKING:
 
 
 class Output(Protocol):
+    """Where readings go. Every output (the Prometheus exposition, the status page's board,
+    the InfluxDB writer, the line-protocol file) is one of these, and the app wires a list."""
+
     def publish(self, reading: Reading) -> None:
         """Take a reading; called after every poll, must return at once."""
+
+    def remove(self, device: str) -> None:
+        """Forget a device that left the configuration (its series, its row)."""
 
     async def start(self) -> None:
         """Begin (open files, connect, start background tasks)."""
 
-    async def stop(self) -> None:
+    async def close(self) -> None:
         """Write out what is buffered and close; called once, at shutdown."""
 
 

@@ -54,7 +54,10 @@ class LineProtocolFile:
         if self.path != "-" and self._fd < 0:
             self._open()
 
-    async def stop(self) -> None:
+    def remove(self, device: str) -> None:
+        """Nothing to forget: the file keeps what was written of a removed device."""
+
+    async def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

@@ -186,6 +186,12 @@ class Exposition:
             if name not in keep:
                 self._set(name, slot, b"")
 
+    async def start(self) -> None:
+        """Nothing to open: the exposition is rendered in memory."""
+
+    async def close(self) -> None:
+        """Nothing to write out: scrapers read it while it runs."""
+
     def remove(self, device: str) -> None:
         slot = self._slots.pop(device, None)
         if slot is None:

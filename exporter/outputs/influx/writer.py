@@ -338,7 +338,10 @@ class InfluxWriter:
         self._write_api = self._client.write_api()
         self._task = asyncio.create_task(self._run(), name="influxdb-writer")
 
-    async def stop(self) -> None:
+    def remove(self, device: str) -> None:
+        """Nothing to forget: a removed device's points already queued are still written."""
+
+    async def close(self) -> None:
         """Write what is buffered (one attempt, at most `timeout`), then close."""
         self._stopping.set()
         self._wake.set()
