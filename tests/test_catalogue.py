@@ -366,3 +366,32 @@ def test_current_limit_reasons_are_the_contracts() -> None:
         10: "user",
         11: "single_phase_disabled",
     }
+
+
+def test_every_reply_key_the_poller_reads_is_kept_when_replies_are_trimmed() -> None:
+    """The catalogue is the one list of reply keys: replies are trimmed to its rows' inputs and
+    POLLER_INPUTS, so a key the poller starts reading without listing it would read nothing."""
+    import ast
+
+    from exporter.device import normalise, poller
+
+    tree = ast.parse(Path(poller.__file__).read_text())
+    read: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            func = node.func
+            if isinstance(func, ast.Attribute) and func.attr == "get":
+                read.add(str(node.args[0].value))
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "_changed"
+            and isinstance(node.args[-1], ast.Constant)
+        ):
+            read.add(str(node.args[-1].value))
+    not_reply_keys = {"identity"}  # st.fetched's own bookkeeping
+    main = normalise.kept_keys(cat.MAIN_METHOD[cat.CHARGER]) or {}
+    identity = normalise.kept_keys(cat.DEVICE_ID_METHOD) or {}
+    kept = set(main) | set(identity)
+    assert read - not_reply_keys, "found no reply reads in the poller: the test is broken"
+    assert read - not_reply_keys <= kept

@@ -106,6 +106,22 @@ METHODS: tuple[Method, ...] = (
 )
 METHOD_NAMES: frozenset[str] = frozenset(m.name for m in METHODS)
 MAIN_METHOD = {CHARGER: "Charger_info.Get", METER: "Meter_info.Get"}
+# A main reply carrying none of these is malformed (the device is down, `schema`), not empty.
+MAIN_REPLY_VALUES: Mapping[str, tuple[str, ...]] = {
+    "Charger_info.Get": ("charger_state", "extended_charger_state", "instant_power"),
+    "Meter_info.Get": ("current", "voltage", "active_p"),
+}
+# Reply values the poller reads itself, beyond the rows below: a firmware or unit change in the
+# main reply (identify again), the identity methods, a new session (counters are due), and the
+# active-errors shortcut. With the rows' inputs, the only keys a reply is trimmed to.
+POLLER_INPUTS: tuple[Src, ...] = (
+    *(Src(m, key) for m in MAIN_METHOD.values() for key in ("fw_version", "device_id")),
+    *(Src(m, key) for m, keys in MAIN_REPLY_VALUES.items() for key in keys),
+    Src(DEVICE_ID_METHOD, "device_id"),
+    Src(DEVICE_INFO_METHOD, "device_id"),
+    Src("Charger_info.Get", "session_id"),
+    Src("Charger_info.Get", "has_active_errors"),
+)
 # Identity methods by kind, in the order they are asked (after Device_id.Get).
 IDENTITY_METHODS = {
     kind: tuple(

@@ -56,18 +56,11 @@ def normalise_reply(raw: Mapping[str, Any], method: str | None = None) -> dict[s
     return out
 
 
-# Keys the poller reads itself (identity, sessions, the error shortcut, the main-reply check).
-POLLER_KEYS = frozenset(
-    {"device_id", "session_id", "has_active_errors"}
-    | {"charger_state", "extended_charger_state", "instant_power", "current", "voltage", "active_p"}
-)
-
-
 @functools.cache
 def kept_keys(method: str) -> dict[str, str] | None:
     """The keys of a method's reply worth keeping, each mapped to itself; None: all (a method
     read whole)."""
-    keys = set(POLLER_KEYS)
+    keys = {src.key for src in cat.POLLER_INPUTS if src.method == method}
     for metric in cat.CATALOGUE:
         for src in cat.inputs_of(metric.extract):
             if src.method != method:
@@ -80,10 +73,7 @@ def kept_keys(method: str) -> dict[str, str] | None:
 
 def check_main_reply(method: str, reply: Mapping[str, Any]) -> None:
     """A main reply that carries none of the values it exists for is malformed, not empty."""
-    needed = {
-        "Charger_info.Get": ("charger_state", "extended_charger_state", "instant_power"),
-        "Meter_info.Get": ("current", "voltage", "active_p"),
-    }[method]
+    needed = cat.MAIN_REPLY_VALUES[method]
     if not any(key in reply for key in needed):
         raise PollError("schema", f"reply has none of {', '.join(needed)}", method)
 
