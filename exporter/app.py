@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +18,10 @@ from .config import Config, ConfigError, DeviceConfig, load_config
 from .config_loader import expand_pattern
 from .discovery import Discovery, DiscoveryError, merge
 from .outputs import build_outputs
-from .poller import Poller, PollSettings, Sink, Target
+from .poller import Poller, PollSettings, Sink, Target, pool_limit
 from .prometheus import Exposition
 from .selfmetrics import SelfMetrics
-from .web import ProbePolicy, Web
+from .web import BACKLOG, ListenError, ProbePolicy, Web, listen
 from .webconfig import load_web_config, middlewares, ssl_context
 
 log = logging.getLogger("lektrico.app")
@@ -60,6 +61,25 @@ def policy_of(config: Config) -> ProbePolicy:
     )
 
 
+# Descriptors kept free for everything but client and device connections: the config and
+# device files, the spool, logs, the event loop's own, DNS lookups.
+FD_RESERVE = 64
+
+
+def connection_limit(config: Config, soft_limit: int | None = None) -> int:
+    """Client connections the HTTP server may hold: web.max_connections, lowered so that the
+    device polls' and probes' pools, a loop turn of accepts and FD_RESERVE always fit under the
+    file descriptor limit."""
+    if soft_limit is None:
+        soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    wanted = config.web.max_connections
+    if soft_limit == resource.RLIM_INFINITY:
+        return wanted
+    reserve = pool_limit(config.poll.concurrency) + config.probe.concurrency
+    room = soft_limit - reserve - BACKLOG - FD_RESERVE
+    return max(8, min(wanted, room))
+
+
 def device_files_signature(config: Config, base_dir: Path) -> tuple[tuple[str, int, int], ...]:
     """What the watched device files look like now: a change means reload."""
     found = []
@@ -76,7 +96,8 @@ class Exporter:
     """A running exporter: its poller, outputs and web server.
 
     `config_path` enables reloading (SIGHUP, POST /-/reload, changed device files); `shard`
-    (index, count) overrides the config's shard.
+    (index, count) overrides the config's shard; `enable_lifecycle` (--web.enable-lifecycle)
+    accepts reloads over HTTP whatever the config says.
     """
 
     config: Config
@@ -86,6 +107,7 @@ class Exporter:
     exposition: Exposition = field(default_factory=Exposition)
     extra_sinks: list[Sink] = field(default_factory=list)
     watch_interval: float = 5.0
+    enable_lifecycle: bool = False
 
     def __post_init__(self) -> None:
         self.outputs = build_outputs(self.config, self.metrics)
@@ -99,8 +121,12 @@ class Exporter:
             policy_of(self.config),
             self.config.poll.timeout,
             reload=self.reload,
+            probe_concurrency=self.config.probe.concurrency,
+            lifecycle=self.config.web.enable_lifecycle or self.enable_lifecycle,
         )
         self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
+        self._next_reload: asyncio.Task[str | None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._reload_lock = asyncio.Lock()
         self.port = 0
@@ -148,26 +174,46 @@ class Exporter:
         self.poller.set_targets(self.targets(config))
         self.web.policy = policy_of(config)
         self.web.probe_timeout = config.poll.timeout
+        self.web.probe_concurrency = config.probe.concurrency
+        self.web.lifecycle = config.web.enable_lifecycle or self.enable_lifecycle
 
     async def reload(self) -> str | None:
-        """Re-read the config file; None when applied, else the one-line reason it was not."""
+        """Re-read the config file; None when applied, else the one-line reason it was not.
+
+        Requests that come while a reload runs share the one reload that follows it (which
+        reads the file as it is then): twenty clients asking at once cost two reloads.
+        """
         if self.config_path is None:
             return "no config file to reload"
+        task = self._next_reload
+        if task is None:
+            task = asyncio.ensure_future(self._reload_next())
+            self._next_reload = task
+        return await asyncio.shield(task)
+
+    async def _reload_next(self) -> str | None:
         async with self._reload_lock:
+            self._next_reload = None  # from now on, a request means one more reload
+            return await self._reload_now()
+
+    async def _reload_now(self) -> str | None:
+        assert self.config_path is not None
+        try:
+            # Parsed in a thread: thousands of devices take a noticeable fraction of a
+            # second, which on the event loop would hold up every scrape and poll.
+            config = await asyncio.to_thread(load_config, self.config_path)
+        except ConfigError as exc:
+            log.error("reload rejected, keeping the running config: %s", exc)
+            return str(exc)
+        restart_discovery = config.discovery != self.config.discovery
+        self.apply(config)
+        if restart_discovery:
+            await self._stop_discovery()
             try:
-                config = load_config(self.config_path)
-            except ConfigError as exc:
-                log.error("reload rejected, keeping the running config: %s", exc)
-                return str(exc)
-            restart_discovery = config.discovery != self.config.discovery
-            self.apply(config)
-            if restart_discovery:
-                await self._stop_discovery()
-                try:
-                    await self._start_discovery(config)
-                except DiscoveryError as exc:
-                    log.error("discovery stopped: %s", exc)
-                self.poller.set_targets(self.targets(config))
+                await self._start_discovery(config)
+            except DiscoveryError as exc:
+                log.error("discovery stopped: %s", exc)
+            self.poller.set_targets(self.targets(config))
         log.info("config reloaded: %d devices", len(self.poller.devices))
         return None
 
@@ -183,9 +229,20 @@ class Exporter:
         await self._runner.setup()
         host, port = self.config.listen_host or "0.0.0.0", self.config.listen_port
         tls = ssl_context(settings)
-        site = web.TCPSite(self._runner, host, port, reuse_address=True, ssl_context=tls)
-        await site.start()
-        self.port = self._runner.addresses[0][1] if self._runner.addresses else port
+        limit = connection_limit(self.config)
+        if limit < self.config.web.max_connections:
+            log.warning(
+                "the file descriptor limit leaves room for %d client connections, fewer than"
+                " web.max_connections %d: raise LimitNOFILE (ulimit -n)",
+                limit,
+                self.config.web.max_connections,
+            )
+        try:
+            self._server, _ = await listen(self._runner, host, port, tls, limit)
+        except ListenError:
+            await self.stop()
+            raise
+        self.port = self._server.sockets[0].getsockname()[1] if self._server.sockets else port
         self._tasks.append(asyncio.create_task(self.poller.run()))
         if self.config_path is not None:
             base = Path(self.config_path).parent
@@ -217,6 +274,9 @@ class Exporter:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.poller.close()
+        await self.web.close()
+        if self._server is not None:
+            self._server.close()  # no new connections; the runner ends the open ones
         if self._runner is not None:
             await self._runner.cleanup()
         for output in self.outputs:  # after the last poll, so every reading is flushed

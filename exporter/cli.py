@@ -8,6 +8,7 @@ import gc
 import json
 import logging
 import os
+import resource
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
@@ -18,6 +19,7 @@ from .config import ConfigError, load_config, parse_config
 from .discovery import DiscoveryError
 from .influx_spool import SpoolError
 from .sharding import parse_shard
+from .web import ListenError
 from .webconfig import load_web_config
 
 PROG = "lektrico-exporter"
@@ -59,6 +61,12 @@ def parser() -> argparse.ArgumentParser:
         help="exporter-toolkit web config (TLS, basic auth); overrides web.config_file",
     )
     p.add_argument(
+        "--web.enable-lifecycle",
+        dest="web_enable_lifecycle",
+        action="store_true",
+        help="accept POST/PUT /-/reload (as web.enable_lifecycle: true); SIGHUP always reloads",
+    )
+    p.add_argument(
         "--health-check",
         action="store_true",
         help="ask the running exporter's /-/healthy on the configured listen address;"
@@ -98,6 +106,18 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     except ImportError:
         return asyncio.run(main)
     return uvloop.run(main)
+
+
+def raise_fd_limit() -> None:
+    """Raise the soft limit on open files to the hard one: the common soft default of 1024 is
+    less than a large fleet and its scrapers need, and the hard limit is the operator's."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard or soft == resource.RLIM_INFINITY:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:  # a sandbox that forbids it: the limit stays
+        log.warning("cannot raise the open files limit from %d to %d: %s", soft, hard, exc)
 
 
 def fail_config(exc: ConfigError) -> int:
@@ -143,6 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check_config:
         print(f"{PROG}: config OK: {len(config.devices)} devices, {web_settings.describe()}")
         return 0
+    raise_fd_limit()
     try:
         if args.once:
             from .oneshot import poll_once
@@ -152,8 +173,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .demo import run_demo
 
             return run(run_demo(config, args.demo, listen_given=bool(args.listen)))
-        run(run_until_signal(Exporter(config, config_path=args.config, shard=shard)))
+        exporter = Exporter(
+            config,
+            config_path=args.config,
+            shard=shard,
+            enable_lifecycle=args.web_enable_lifecycle,
+        )
+        run(run_until_signal(exporter))
     except SpoolError as exc:  # a spool directory that is locked or not writable
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    except ListenError as exc:  # the listen address is taken, or not this host's
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
     except DiscoveryError as exc:  # an interface address this host does not have

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gzip
 import time
 
@@ -154,6 +155,9 @@ async def test_concurrent_probes_share_one_poll(
     exp = await make_exporter(fleet_config(fleet, poll="{interval: 60s, timeout: 5s}"))
     url = f"http://127.0.0.1:{exp.port}/probe?target=c1"
     await fetch(url)
+    st = exp.poller.devices["c1"]
+    assert st.reading is not None  # older than the interval: the next probe polls
+    st.reading = dataclasses.replace(st.reading, time=st.reading.time - 120)
     before = len(fleet.calls)
     results = await asyncio.gather(*(fetch(url) for _ in range(6)))
     assert all(status == 200 for status, _ in results)
