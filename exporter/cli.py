@@ -112,12 +112,14 @@ def raise_fd_limit() -> None:
     """Raise the soft limit on open files to the hard one: the common soft default of 1024 is
     less than a large fleet and its scrapers need, and the hard limit is the operator's."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == hard or soft == resource.RLIM_INFINITY:
+    # An unlimited hard limit (not on Linux, where nr_open bounds it) gets a generous number.
+    wanted = 65536 if hard == resource.RLIM_INFINITY else hard
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
         return
     try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
     except (ValueError, OSError) as exc:  # a sandbox that forbids it: the limit stays
-        log.warning("cannot raise the open files limit from %d to %d: %s", soft, hard, exc)
+        log.warning("cannot raise the open files limit from %d to %d: %s", soft, wanted, exc)
 
 
 def fail_config(exc: ConfigError) -> int:

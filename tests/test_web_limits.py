@@ -637,3 +637,12 @@ def test_systemd_unit_sets_an_open_files_limit() -> None:
     unit = (ROOT / "deploy/systemd/lektrico-exporter.service").read_text().splitlines()
     limits = [line.split("=", 1)[1] for line in unit if line.startswith("LimitNOFILE=")]
     assert len(limits) == 1 and int(limits[0].split(":")[0]) >= 16384, limits
+
+
+def test_connection_cap_leaves_room_for_the_polls_under_the_fd_limit() -> None:
+    config = parse_config("poll: {concurrency: 64}\nprobe: {concurrency: 20}\n")
+    assert app_module.connection_limit(config, soft_limit=100_000) == 512  # web.max_connections
+    config = parse_config("probe: {concurrency: 20}\nweb: {max_connections: 10000}\n")
+    # 1024 - 128 (poll pool) - 20 (probe pool) - 128 (accept backlog) - 64 (own files)
+    assert app_module.connection_limit(config, soft_limit=1024) == 684
+    assert app_module.connection_limit(config, soft_limit=200) == 8
