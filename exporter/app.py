@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,12 +19,12 @@ from exporter.config.loader import expand_pattern
 from exporter.config.schema import Config, ConfigError, DeviceConfig, DeviceFileMemory, load_config
 from exporter.device import sharding
 from exporter.device.discovery import Discovery, DiscoveryError, merge
-from exporter.device.poller import Poller, PollSettings, Sink, Target
+from exporter.device.poller import Poller, PollSettings, Sink, Target, pool_limit
 from exporter.outputs import Output, build_outputs
 from exporter.outputs.influx.writer import InfluxWriter
 from exporter.outputs.prometheus import Exposition
 from exporter.sessions.stage import SessionsStage
-from exporter.web.server import ProbePolicy, Web
+from exporter.web.server import BACKLOG, ListenError, ProbePolicy, Web, listen
 from exporter.web.status import StatusBoard
 from exporter.web.webconfig import load_web_config, middlewares, ssl_context
 
@@ -78,6 +79,25 @@ def sessions_stage(config: Config, outputs: list[Output]) -> SessionsStage | Non
     return SessionsStage(config)
 
 
+# Descriptors kept free for everything but client and device connections: the config and
+# device files, the spool, logs, the event loop's own, DNS lookups.
+FD_RESERVE = 64
+
+
+def connection_limit(config: Config, soft_limit: int | None = None) -> int:
+    """Client connections the HTTP server may hold: web.max_connections, lowered so that the
+    device polls' and probes' pools, a loop turn of accepts and FD_RESERVE always fit under the
+    file descriptor limit."""
+    if soft_limit is None:
+        soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    wanted = config.web.max_connections
+    if soft_limit == resource.RLIM_INFINITY:
+        return wanted
+    reserve = pool_limit(config.poll.concurrency) + config.probe.concurrency
+    room = soft_limit - reserve - BACKLOG - FD_RESERVE
+    return max(8, min(wanted, room))
+
+
 def device_files_signature(config: Config, base_dir: Path) -> tuple[tuple[str, int, int], ...]:
     """What the watched device files look like now: a change means reload."""
     found = []
@@ -94,7 +114,8 @@ class Exporter:
     """A running exporter: its poller, outputs and web server.
 
     `config_path` enables reloading (SIGHUP, POST /-/reload, changed device files); `shard`
-    (index, count) overrides the config's shard.
+    (index, count) overrides the config's shard; `enable_lifecycle` (--web.enable-lifecycle)
+    accepts reloads over HTTP whatever the config says.
     """
 
     config: Config
@@ -106,6 +127,7 @@ class Exporter:
     watch_interval: float = 5.0
     extra_listen: list[str] = field(default_factory=list)  # more addresses than config.listen
     telemetry_path: str = "/metrics"
+    enable_lifecycle: bool = False
 
     def __post_init__(self) -> None:
         self.status = StatusBoard()
@@ -130,9 +152,13 @@ class Exporter:
             status=self.status,
             telemetry_path=self.telemetry_path,
             grafana_url=self.config.grafana.url if self.config.grafana else None,
+            probe_concurrency=self.config.probe.concurrency,
+            lifecycle=self.config.web.enable_lifecycle or self.enable_lifecycle,
         )
         self.web.sessions = self.sessions
         self._runner: web.AppRunner | None = None
+        self._servers: list[asyncio.Server] = []
+        self._next_reload: asyncio.Task[str | None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._reload_lock = asyncio.Lock()
         # What each device file last gave: a reload keeps a bad file's devices (see reload).
@@ -187,32 +213,54 @@ class Exporter:
         self.web.grafana_url = config.grafana.url if config.grafana else None
         if self.sessions is not None:
             self.sessions.reconfigure(config)
+        self.web.probe_concurrency = config.probe.concurrency
+        self.web.lifecycle = config.web.enable_lifecycle or self.enable_lifecycle
 
     async def reload(self) -> str | None:
-        """Re-read the config file; None when applied, else the one-line reason it was not."""
+        """Re-read the config file; None when applied, else the one-line reason it was not.
+
+        Requests that come while a reload runs share the one reload that follows it (which
+        reads the file as it is then): twenty clients asking at once cost two reloads.
+        """
         if self.config_path is None:
             return "no config file to reload"
+        task = self._next_reload
+        if task is None:
+            task = asyncio.ensure_future(self._reload_next())
+            self._next_reload = task
+        return await asyncio.shield(task)
+
+    async def _reload_next(self) -> str | None:
         async with self._reload_lock:
+            self._next_reload = None  # from now on, a request means one more reload
+            return await self._reload_now()
+
+    async def _reload_now(self) -> str | None:
+        assert self.config_path is not None
+        try:
+            # Parsed in a thread: thousands of devices take a noticeable fraction of a
+            # second, which on the event loop would hold up every scrape and poll.
+            config = await asyncio.to_thread(
+                load_config, self.config_path, device_files=self._device_files
+            )
+        except ConfigError as exc:
+            log.error(
+                "reload rejected, keeping the running config: %s",
+                "; ".join(str(p) for p in exc.problems()),
+            )
+            self.metrics.reload_successful.set(0)
+            return str(exc)
+        for problem in self._device_files.problems:
+            log.error("bad device file: %s", problem)
+        restart_discovery = config.discovery != self.config.discovery
+        self.apply(config)
+        if restart_discovery:
+            await self._stop_discovery()
             try:
-                config = load_config(self.config_path, device_files=self._device_files)
-            except ConfigError as exc:
-                log.error(
-                    "reload rejected, keeping the running config: %s",
-                    "; ".join(str(p) for p in exc.problems()),
-                )
-                self.metrics.reload_successful.set(0)
-                return str(exc)
-            for problem in self._device_files.problems:
-                log.error("bad device file: %s", problem)
-            restart_discovery = config.discovery != self.config.discovery
-            self.apply(config)
-            if restart_discovery:
-                await self._stop_discovery()
-                try:
-                    await self._start_discovery(config)
-                except DiscoveryError as exc:
-                    log.error("discovery stopped: %s", exc)
-                self.poller.set_targets(self.targets(config))
+                await self._start_discovery(config)
+            except DiscoveryError as exc:
+                log.error("discovery stopped: %s", exc)
+            self.poller.set_targets(self.targets(config))
         self.metrics.reload_successful.set(1)
         self.metrics.reload_success_time.set_to_current_time()
         log.info("config reloaded: %d devices", len(self.poller.devices))
@@ -231,14 +279,25 @@ class Exporter:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         tls = ssl_context(settings)
-        addresses = [split_host_port(a, None) for a in [self.config.listen, *self.extra_listen]]
-        for host, port in addresses:
-            site = web.TCPSite(
-                self._runner, host or "0.0.0.0", port, reuse_address=True, ssl_context=tls
+        limit = connection_limit(self.config)
+        if limit < self.config.web.max_connections:
+            log.warning(
+                "the file descriptor limit leaves room for %d client connections, fewer than"
+                " web.max_connections %d: raise LimitNOFILE (ulimit -n)",
+                limit,
+                self.config.web.max_connections,
             )
-            await site.start()
+        addresses = [split_host_port(a, None) for a in [self.config.listen, *self.extra_listen]]
+        try:
+            for host, port in addresses:
+                server, _ = await listen(self._runner, host or "0.0.0.0", port, tls, limit)
+                self._servers.append(server)
+        except ListenError:
+            await self.stop()
+            raise
         host, port = addresses[0][0] or "0.0.0.0", addresses[0][1]
-        self.port = self._runner.addresses[0][1] if self._runner.addresses else port
+        first = self._servers[0]
+        self.port = first.sockets[0].getsockname()[1] if first.sockets else port
         self._tasks.append(asyncio.create_task(self.poller.run()))
         if self.config_path is not None:
             base = Path(self.config_path).parent
@@ -276,6 +335,10 @@ class Exporter:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.poller.close()
+        await self.web.close()
+        for server in self._servers:
+            server.close()  # no new connections; the runner ends the open ones
+        self._servers.clear()
         if self._runner is not None:
             await self._runner.cleanup()
         if self.sessions is not None:  # before the outputs: its last sessions go out with them

@@ -8,6 +8,7 @@ import gc
 import json
 import logging
 import os
+import resource
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
@@ -22,6 +23,7 @@ from exporter.errors import StartupError
 from exporter.sessions.stage import store_path
 from exporter.sessions.store import StoreError
 from exporter.sessions.store import check as check_store
+from exporter.web.server import ListenError
 from exporter.web.webconfig import load_web_config
 
 PROG = "lektrico-exporter"
@@ -87,6 +89,12 @@ def parser() -> argparse.ArgumentParser:
         dest="web_config_file",
         metavar="FILE",
         help="exporter-toolkit web config (TLS, basic auth); overrides web.config_file",
+    )
+    p.add_argument(
+        "--web.enable-lifecycle",
+        dest="web_enable_lifecycle",
+        action="store_true",
+        help="accept POST/PUT /-/reload (as web.enable_lifecycle: true); SIGHUP always reloads",
     )
     p.add_argument(
         "--health-check",
@@ -157,6 +165,20 @@ def with_hosts(config: Config, hosts: Sequence[str]) -> Config:
         if device.name in taken:
             raise ConfigError(f"command line: device {device.name} is also in the config file")
     return config.model_copy(update={"devices": [*config.devices, *extra]})
+
+
+def raise_fd_limit() -> None:
+    """Raise the soft limit on open files to the hard one: the common soft default of 1024 is
+    less than a large fleet and its scrapers need, and the hard limit is the operator's."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # An unlimited hard limit (not on Linux, where nr_open bounds it) gets a generous number.
+    wanted = 65536 if hard == resource.RLIM_INFINITY else hard
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (ValueError, OSError) as exc:  # a sandbox that forbids it: the limit stays
+        log.warning("cannot raise the open files limit from %d to %d: %s", soft, wanted, exc)
 
 
 def fail_config(exc: ConfigError) -> int:
@@ -231,6 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         print(f"{PROG}: config OK: {len(config.devices)} devices, {web_settings.describe()}")
         return 0
+    raise_fd_limit()
     try:
         if args.once:
             from exporter.oneshot import poll_once
@@ -246,12 +269,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             shard=shard,
             extra_listen=extra_listen,
             telemetry_path=args.telemetry_path,
+            enable_lifecycle=args.web_enable_lifecycle,
         )
         run(run_until_signal(exporter))
     except StartupError as exc:  # an output that cannot be used: spool_dir, line_protocol.path
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
     except StoreError as exc:  # a state database that is damaged or not writable
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    except ListenError as exc:  # the listen address is taken, or not this host's
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
     except DiscoveryError as exc:  # an interface address this host does not have

@@ -26,7 +26,8 @@ def write_config(
     path.write_text(
         f"listen: '127.0.0.1:{port}'\n"
         f"devices: {json.dumps(devices)}\n"
-        "poll: {interval: 500ms, timeout: 300ms}\n" + extra
+        "poll: {interval: 500ms, timeout: 300ms}\n"
+        "web: {enable_lifecycle: true}\n" + extra
     )
 
 

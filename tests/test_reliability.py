@@ -888,7 +888,7 @@ async def test_two_prometheus_and_a_reload_see_only_whole_device_blocks(
         ]
 
     poll = {"interval": "1s", "timeout": "400ms"}
-    extra = {"probe": {"allow": ["127.0.0.1/32"]}}
+    extra = {"probe": {"allow": ["127.0.0.1/32"]}, "web": {"enable_lifecycle": True}}
     config = exporter_config(tmp_path / "exporter.yaml", port, devices(False), poll, **extra)
     await start_exporter(procs, config, port, "exporter")
     # d0 (configured, then not) and late (the other way round) are probed by address, which

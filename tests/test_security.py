@@ -206,7 +206,9 @@ async def test_secrets_never_appear_in_logs_pages_metrics_or_errors(
     base = f"http://127.0.0.1:{port}"
     auth = basic("prom", sec.web_password)
 
-    exporter = procs.start([PY, "-m", "exporter", "--config", str(config)], "exporter", env)
+    exporter = procs.start(
+        [PY, "-m", "exporter", "--config", str(config), "--web.enable-lifecycle"], "exporter", env
+    )
     timeout = aiohttp.ClientTimeout(total=10)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         await wait_for_up(session, base, auth, ("c1", "c2", "m1"), exporter)

@@ -10,12 +10,17 @@ fragment of the URL that is really connected to.
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import re
 import socket
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
+
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -226,10 +231,9 @@ def allowed(ip: IPAddress, networks: Sequence[Network]) -> bool:
 
 async def resolve_host(host: str, port: int, timeout: float) -> list[IPAddress]:
     """Every address a hostname resolves to, within `timeout`; TargetError when it does not."""
-    loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(timeout):
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            infos = await LOOKUPS.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except TimeoutError:
         raise TargetError(f"resolving {host} timed out", status=403) from None
     except OSError as exc:
@@ -244,3 +248,77 @@ async def resolve_host(host: str, port: int, timeout: float) -> list[IPAddress]:
     if not found:
         raise TargetError(f"{host} does not resolve to an IP address", status=403)
     return found
+
+
+AddrInfo = list[tuple[Any, ...]]
+
+
+class Lookups:
+    """getaddrinfo in its own small thread pool, with a bound on lookups waiting at once.
+
+    Without uvloop, asyncio resolves names in the loop's default executor, a handful of
+    threads that also compress gzip scrapes and parse reloads: a DNS server that never
+    answers would fill it, and every later gzip /metrics would wait. Here lookups have their
+    own threads; a name already being looked up is shared, not asked again; past `pending`
+    distinct lookups in flight, the next fails at once (the poll is down for `connect`).
+    """
+
+    def __init__(self, threads: int = 8, pending: int = 64) -> None:
+        self.threads = threads
+        self.pending = pending
+        self._pool: ThreadPoolExecutor | None = None
+        self._inflight: dict[tuple[Any, ...], asyncio.Future[AddrInfo]] = {}
+
+    async def getaddrinfo(
+        self, host: str, port: int, family: int = 0, type: int = 0, flags: int = 0
+    ) -> AddrInfo:
+        key = (host, port, family, type, flags, asyncio.get_running_loop())
+        future = self._inflight.get(key)
+        if future is None:
+            if len(self._inflight) >= self.pending:
+                raise socket.gaierror(errno.EAGAIN, f"too many DNS lookups in progress ({host})")
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="dns")
+            future = asyncio.get_running_loop().run_in_executor(
+                self._pool, socket.getaddrinfo, host, port, family, type, 0, flags
+            )
+            self._inflight[key] = future
+            future.add_done_callback(lambda done: self._done(key, done))
+        return await asyncio.shield(future)
+
+    def _done(self, key: tuple[Any, ...], future: asyncio.Future[AddrInfo]) -> None:
+        self._inflight.pop(key, None)
+        if not future.cancelled():
+            future.exception()  # retrieved: a lookup nobody waits for any more is not an error
+
+
+LOOKUPS = Lookups()
+
+
+class BoundedResolver(AbstractResolver):
+    """aiohttp's threaded resolver on `LOOKUPS` instead of the default executor."""
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        infos = await LOOKUPS.getaddrinfo(
+            host, port, family=family, type=socket.SOCK_STREAM, flags=socket.AI_ADDRCONFIG
+        )
+        hosts: list[ResolveResult] = []
+        for fam, _, proto, _, address in infos:
+            if fam not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            hosts.append(
+                ResolveResult(
+                    hostname=host,
+                    host=str(address[0]),
+                    port=int(address[1]),
+                    family=fam,
+                    proto=proto,
+                    flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+                )
+            )
+        return hosts
+
+    async def close(self) -> None:
+        pass

@@ -321,6 +321,9 @@ class PollConfig(_Section):
 class ProbeConfig(_Section):
     allow: list[str] = []
     default_port: Port = 80
+    # Probes of unconfigured targets in flight at once, on their own connection pool; the
+    # excess is answered 503 at once, so probes cannot take the background polls' sockets.
+    concurrency: Annotated[int, Field(ge=1, le=10_000)] = 20
 
     @property
     def networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -458,6 +461,11 @@ class LineProtocolConfig(_Section):
 
 class WebConfig(_Section):
     config_file: str | None = None
+    # Client connections the HTTP server keeps open at once (lowered at start to fit the file
+    # descriptor limit, with a reserve for device polls); the excess is closed at once.
+    max_connections: Annotated[int, Field(ge=8, le=1_000_000)] = 512
+    # POST/PUT /-/reload, as Prometheus's --web.enable-lifecycle; SIGHUP always reloads.
+    enable_lifecycle: bool = False
 
     @field_validator("config_file")
     @classmethod

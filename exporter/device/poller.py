@@ -47,6 +47,7 @@ import aiohttp
 from exporter.catalogue import table as cat
 from exporter.catalogue.selfmetrics import SelfMetrics
 from exporter.catalogue.table import Cadence, Model
+from exporter.config.addresses import BoundedResolver
 from exporter.device.client import DeviceClient, MethodUnknown, PollError
 from exporter.device.normalise import (
     Memo,
@@ -128,15 +129,22 @@ def spread(name: str, interval: float) -> float:
     return (zlib.crc32(name.encode()) / 2**32) * interval
 
 
-def new_session(concurrency: int) -> aiohttp.ClientSession:
+def pool_limit(concurrency: int) -> int:
+    """Connections a session with this many polls in flight may open at once."""
+    return max(concurrency * 2, 100)
+
+
+def new_session(concurrency: int, limit: int | None = None) -> aiohttp.ClientSession:
     # One connection a poll, closed when the poll's last reply is in (force_close): a charger's
     # small HTTP server keeps no idle socket for us, and the exporter keeps no idle connection
-    # per device (memory, and a cleanup pass over all of them every few seconds).
+    # per device (memory, and a cleanup pass over all of them every few seconds). Names are
+    # resolved in their own bounded threads (BoundedResolver), never in the default executor.
     connector = aiohttp.TCPConnector(
-        limit=max(concurrency * 2, 100),
+        limit=pool_limit(concurrency) if limit is None else limit,
         limit_per_host=1,
         force_close=True,
         ttl_dns_cache=300,
+        resolver=BoundedResolver(),
     )
     return aiohttp.ClientSession(
         connector=connector,
@@ -533,8 +541,9 @@ class Poller:
     def on_remove(self, callback: Callable[[str], None]) -> None:
         self._on_remove.append(callback)
 
-    def _state(self, target: Target) -> DeviceState:
-        return DeviceState(target, DeviceClient(self.session, target.base_url, auth=target.auth))
+    def _state(self, target: Target, session: aiohttp.ClientSession | None = None) -> DeviceState:
+        client = DeviceClient(session or self.session, target.base_url, auth=target.auth)
+        return DeviceState(target, client)
 
     def set_targets(self, targets: Iterable[Target]) -> None:
         """Add, change and remove devices; unchanged devices keep their state and series."""
@@ -693,11 +702,14 @@ class Poller:
                 index.setdefault(key, st.name)
         self._addresses = index
 
-    def adhoc(self, name: str, base_url: str) -> DeviceState:
-        """State for a probed device that is not configured (kept in a small LRU cache)."""
+    def adhoc(
+        self, name: str, base_url: str, session: aiohttp.ClientSession | None = None
+    ) -> DeviceState:
+        """State for a probed device that is not configured (kept in a small LRU cache);
+        `session` is the probes' own pool, so they never take the background polls' sockets."""
         st = self._probes.get(base_url)
         if st is None:
-            st = self._state(Target(name=name, base_url=base_url))
+            st = self._state(Target(name=name, base_url=base_url), session)
             self._probes[base_url] = st
             while len(self._probes) > self.PROBE_CACHE:
                 self._probes.popitem(last=False)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from aiohttp import payload, web
 from aiohttp.abc import AbstractStreamWriter
 
@@ -23,8 +26,9 @@ from exporter.config.addresses import (
     parse_target,
     resolve_host,
 )
-from exporter.device.poller import Poller
+from exporter.device.poller import DeviceState, Poller, new_session
 from exporter.outputs.prometheus import CONTENT_TYPE, Exposition, render_probe
+from exporter.reading import Reading
 from exporter.sessions import statement
 from exporter.sessions.ledger import Session
 from exporter.sessions.stage import SessionsStage
@@ -39,6 +43,45 @@ MAX_TARGET = 255
 IDLE_TIMEOUT = 75.0
 RECENT_SESSIONS = 10  # on a device's page, from the last 30 days
 RECENT_SESSIONS_DAYS = 30
+# A configured device's background reading is served by /probe while younger than the poll
+# interval plus this: the scheduler starts a poll up to a tick or so late, and a probe in that
+# gap would otherwise poll the device itself just before the background poll does.
+PROBE_GRACE = 0.25
+BACKLOG = 128  # connections accepted per loop turn, before the cap sees them
+LIFECYCLE_OFF = (
+    "Lifecycle API is not enabled: start with --web.enable-lifecycle (or set"
+    " web.enable_lifecycle: true) to reload over HTTP; SIGHUP always reloads\n"
+)
+VARY = {"Vary": "Accept-Encoding"}
+
+
+def accepts_gzip(header: str | None) -> bool:
+    """Whether an Accept-Encoding header (RFC 9110 12.5.3) accepts gzip: codings compared
+    case-insensitively, `q=0` refuses, `*` covers gzip unless gzip is listed itself."""
+    if not header:
+        return False
+    gzip_q: float | None = None
+    star_q: float | None = None
+    for item in header.split(","):
+        coding, *params = (part.strip() for part in item.split(";"))
+        coding = coding.lower()
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value.strip())
+                except ValueError:
+                    q = 0.0  # not a weight: not an acceptance either
+                if not 0.0 <= q <= 1.0:
+                    q = 0.0
+        if coding in ("gzip", "x-gzip"):
+            gzip_q = q if gzip_q is None else max(gzip_q, q)
+        elif coding == "*":
+            star_q = q
+    if gzip_q is not None:
+        return gzip_q > 0
+    return star_q is not None and star_q > 0
 
 
 @dataclass(frozen=True)
@@ -77,6 +120,8 @@ class Web:
         status: StatusBoard | None = None,
         grafana_url: str | None = None,
         telemetry_path: str = "/metrics",
+        probe_concurrency: int = 20,
+        lifecycle: bool = False,
     ) -> None:
         self.telemetry_path = telemetry_path
         self.status = status if status is not None else StatusBoard()
@@ -91,6 +136,11 @@ class Web:
         self._assets: dict[str, bytes] = {}
         self._reload = reload
         self.sessions: SessionsStage | None = None  # the session ledger, when the store is on
+        self.lifecycle = lifecycle
+        # Probes of unconfigured targets: at most this many in flight, on their own pool.
+        self.probe_concurrency = probe_concurrency
+        self._probing = 0
+        self._probe_session: aiohttp.ClientSession | None = None
 
     def app(self) -> web.Application:
         app = web.Application(
@@ -111,6 +161,18 @@ class Web:
         app.router.add_get("/api/sessions.csv", self.api_sessions_csv)
         app.router.add_get("/sessions", self.sessions_page)
         return app
+
+    @property
+    def probe_session(self) -> aiohttp.ClientSession:
+        if self._probe_session is None:
+            size = self.probe_concurrency
+            self._probe_session = new_session(size, limit=size)
+        return self._probe_session
+
+    async def close(self) -> None:
+        if self._probe_session is not None:
+            await self._probe_session.close()
+            self._probe_session = None
 
     async def index(self, request: web.Request) -> web.Response:
         return await self._asset("status.html")
@@ -176,6 +238,8 @@ class Web:
         return web.Response(text="Ready\n")
 
     async def reload(self, request: web.Request) -> web.Response:
+        if not self.lifecycle:
+            return web.Response(status=403, text=LIFECYCLE_OFF)
         if self._reload is None:
             return web.Response(status=503, text="reload is not available\n")
         problem = await self._reload()
@@ -201,11 +265,12 @@ class Web:
 
     async def metrics_handler(self, request: web.Request) -> web.Response:
         own = self.metrics.render()
-        if "gzip" in request.headers.get("Accept-Encoding", ""):
+        if accepts_gzip(request.headers.get("Accept-Encoding")):
             zipped = await self.exposition.render_gzip_async(own)
             body = Parts(zipped, content_type=CONTENT_TYPE)
-            return web.Response(body=body, headers={"Content-Encoding": "gzip"})
-        return web.Response(body=Parts(self.exposition.render(), own, content_type=CONTENT_TYPE))
+            return web.Response(body=body, headers={"Content-Encoding": "gzip", **VARY})
+        body = Parts(self.exposition.render(), own, content_type=CONTENT_TYPE)
+        return web.Response(body=body, headers=VARY)
 
     async def api_sessions(self, request: web.Request) -> web.Response:
         if self.sessions is None:
@@ -255,18 +320,103 @@ class Web:
         if st is None:
             try:
                 parsed = parse_target(target, self.policy.default_port)
-                st = self.poller.find(parsed.address)
-                if st is None:
-                    url = await self.policy.url_for(parsed)
-                    st = self.poller.adhoc(target, url)
             except TargetError as exc:
-                log.info("probe refused for %r: %s", target[:64], exc)
-                return web.Response(status=exc.status, text=f"probe refused: {exc}\n")
-        configured = self.poller.devices.get(st.name) is st
+                return self._refused(target, exc)
+            st = self.poller.find(parsed.address)
+        if st is not None:
+            reading = await self._configured(st, request)
+        else:
+            if self._probing >= self.probe_concurrency:
+                busy = f"too many probes in flight (probe.concurrency {self.probe_concurrency})"
+                headers = {"Retry-After": "1", **VARY}
+                return web.Response(status=503, text=busy + "\n", headers=headers)
+            self._probing += 1
+            try:
+                url = await self.policy.url_for(parsed)
+                st = self.poller.adhoc(target, url, self.probe_session)
+                reading = await self.poller.poll(st, timeout=self._budget(request))
+            except TargetError as exc:
+                return self._refused(target, exc)
+            finally:
+                self._probing -= 1
+        return web.Response(
+            body=render_probe(reading), headers={"Content-Type": CONTENT_TYPE, **VARY}
+        )
+
+    def _refused(self, target: str, exc: TargetError) -> web.Response:
+        log.info("probe refused for %r: %s", target[:64], exc)
+        return web.Response(status=exc.status, text=f"probe refused: {exc}\n")
+
+    async def _configured(self, st: DeviceState, request: web.Request) -> Reading:
+        """A configured device: its background reading while younger than the poll interval,
+        else a poll now (or the one in flight), published as a background poll would be."""
+        reading = st.reading
+        fresh_for = self.poller.settings.interval + PROBE_GRACE
+        if reading is not None and time.time() - reading.time < fresh_for:
+            return reading
         reading = await self.poller.poll(st, timeout=self._budget(request))
-        if configured and self.poller.devices.get(st.name) is st:
+        if self.poller.devices.get(st.name) is st:
             self.poller.publish(reading)
-        return web.Response(body=render_probe(reading), headers={"Content-Type": CONTENT_TYPE})
+        return reading
+
+
+class ListenError(Exception):
+    """The listen address cannot be used: one line, naming it."""
+
+
+class _Refuse(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.abort()  # a reset frees the descriptor now; a polite close waits for the peer
+
+
+class ConnectionCap:
+    """A protocol factory for the HTTP server that closes connections past `limit` at once.
+
+    Idle clients cost a file descriptor each; past the process's limit, the device polls could
+    no longer open sockets ("Too many open files") and the whole fleet would be reported down.
+    """
+
+    def __init__(self, server: web.Server, limit: int) -> None:
+        self.server = server
+        self.limit = limit
+        self.refused = 0
+
+    def __call__(self) -> asyncio.BaseProtocol:
+        if len(self.server.connections) >= self.limit:
+            self.refused += 1
+            if self.refused == 1 or self.refused % 1000 == 0:
+                log.warning(
+                    "%d client connections open, the most allowed (web.max_connections or the"
+                    " file descriptor limit): new ones are closed (%d so far)",
+                    self.limit,
+                    self.refused,
+                )
+            return _Refuse()
+        return self.server()
+
+
+async def listen(
+    runner: web.AppRunner, host: str, port: int, tls: ssl.SSLContext | None, limit: int
+) -> tuple[asyncio.Server, ConnectionCap]:
+    """Serve `runner` on host:port with at most `limit` client connections at once."""
+    assert runner.server is not None, "runner.setup() first"
+    cap = ConnectionCap(runner.server, limit)
+    loop = asyncio.get_running_loop()
+    try:
+        server = await loop.create_server(
+            cap,
+            host or None,
+            port,
+            ssl=tls,
+            reuse_address=True,
+            backlog=BACKLOG,
+            ssl_handshake_timeout=10.0 if tls is not None else None,
+        )
+    except OSError as exc:
+        shown = f"[{host}]" if ":" in host else (host or "0.0.0.0")
+        raise ListenError(f"cannot listen on {shown}:{port}: {exc.strerror or exc}") from None
+    return server, cap
 
 
 class SessionQueryError(ValueError):

@@ -36,6 +36,7 @@ import secrets
 import ssl
 from collections import OrderedDict
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -49,7 +50,9 @@ from exporter.config.loader import ConfigError, LineMap, Loc, line_of, load_yaml
 log = logging.getLogger("lektrico.webconfig")
 
 REALM = "lektrico-exporter"
-CACHE_SIZE = 256  # verified credentials remembered; more only costs one more bcrypt check
+CACHE_SIZE = 1024  # good and bad credentials remembered each; more costs one more bcrypt check
+# bcrypt checks at once, each in its own thread (bcrypt lets go of the GIL); more are answered 503.
+CHECKS = max(1, min(4, os.cpu_count() or 1))
 
 ClientAuth = Literal["NoClientCert", "VerifyClientCertIfGiven", "RequireAndVerifyClientCert"]
 _VERIFY_MODES: dict[ClientAuth, ssl.VerifyMode] = {
@@ -218,8 +221,15 @@ def basic_auth_middleware(users: Mapping[str, str]) -> Middleware:
 
     @web.middleware
     async def basic_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if await checker.verify(request.headers.get(hdrs.AUTHORIZATION)):
+        ok = await checker.verify(request.headers.get(hdrs.AUTHORIZATION))
+        if ok:
             return await handler(request)
+        if ok is None:
+            return web.Response(
+                status=503,
+                text="too many password checks in progress, retry\n",
+                headers={hdrs.RETRY_AFTER: "1"},
+            )
         return web.Response(
             status=401,
             text="Unauthorized\n",
@@ -233,12 +243,15 @@ def basic_auth_middleware(users: Mapping[str, str]) -> Middleware:
 
 
 class _Credentials:
-    """Checks Basic credentials against bcrypt hashes, paying bcrypt once per good credential.
+    """Checks Basic credentials against bcrypt hashes, paying bcrypt once per credential.
 
-    A verified credential is remembered as the SHA-256 of user, hash and password, so the
-    password itself is never kept. Unknown users are checked against a decoy hash of the same
-    cost (up to 12), so response times do not tell which user names exist. Failures are not
-    remembered.
+    A checked credential is remembered, good or bad, as the SHA-256 of user, hash and password
+    (the password itself is never kept), in two bounded caches. Unknown users are checked
+    against a decoy hash of the same cost (up to 12), so response times do not tell which user
+    names exist. bcrypt runs in its own few threads, at most CHECKS at once: a check asked for
+    while they are all busy is answered None (503) at once rather than queued, so a crowd of
+    wrong passwords cannot make a good one wait behind them; the same credential asked for
+    while it is being checked shares that check.
     """
 
     def __init__(self, users: Mapping[str, str]) -> None:
@@ -249,10 +262,12 @@ class _Credentials:
         cost = min(max(_cost(hashed) for hashed in users.values()), 12)
         self._decoy = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(cost))
         self._verified: OrderedDict[bytes, None] = OrderedDict()
-        # bcrypt is CPU-bound: one check at a time, off the event loop, keeps scrapes flowing.
-        self._lock = asyncio.Lock()
+        self._refused: OrderedDict[bytes, None] = OrderedDict()
+        self._checking: dict[bytes, asyncio.Future[bool]] = {}
+        self._pool: ThreadPoolExecutor | None = None
 
-    async def verify(self, header: str | None) -> bool:
+    async def verify(self, header: str | None) -> bool | None:
+        """True for a good credential, False for a bad one, None when every check slot is busy."""
         credentials = _parse_basic(header)
         if credentials is None:
             return False
@@ -260,18 +275,30 @@ class _Credentials:
         stored = self._hashes.get(user)
         hashed = self._decoy if stored is None else stored
         key = hashlib.sha256(b":".join((user, hashed, password))).digest()
-        if stored is not None and key in self._verified:
+        if key in self._verified:
             self._verified.move_to_end(key)
             return True
-        async with self._lock:
-            ok = await asyncio.to_thread(_checkpw, password, hashed)
-        if not ok or stored is None:
-            log.debug("basic auth refused for user %r", user[:64].decode(errors="replace"))
+        if key in self._refused:
+            self._refused.move_to_end(key)
             return False
-        self._verified[key] = None
-        if len(self._verified) > CACHE_SIZE:
-            self._verified.popitem(last=False)
-        return True
+        check = self._checking.get(key)
+        if check is None:
+            if len(self._checking) >= CHECKS:
+                return None
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(CHECKS, thread_name_prefix="bcrypt")
+            loop = asyncio.get_running_loop()
+            check = loop.run_in_executor(self._pool, _checkpw, password, hashed)
+            self._checking[key] = check
+            check.add_done_callback(lambda _: self._checking.pop(key, None))
+        ok = await asyncio.shield(check) and stored is not None
+        cache = self._verified if ok else self._refused
+        cache[key] = None
+        if len(cache) > CACHE_SIZE:
+            cache.popitem(last=False)
+        if not ok:
+            log.debug("basic auth refused for user %r", user[:64].decode(errors="replace"))
+        return ok
 
 
 def _parse_basic(header: str | None) -> tuple[bytes, bytes] | None:
