@@ -201,6 +201,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             f"listen: '127.0.0.1:{port}'\n"
             f"devices: {json.dumps(devices)}\n"
             "poll: {interval: 1s, timeout: 500ms, slow_interval: 2s, identity_interval: 30s}\n"
+            # A tariff, so the derived energy and cost panels have series.
+            "tariffs: {default: home, table: {home: {currency: EUR, periods: [{name: night,"
+            " price: 0.1, from: '22:00', to: '07:00'}, {name: day, price: 0.2}]}}}\n"
         )
         exporter = Exporter(config, metrics=metrics, extra_sinks=[to_line_protocol, writer.publish])
         runner.run(exporter.start())
