@@ -28,6 +28,8 @@ from tests.servers import VictoriaMetrics, free_port, unavailable
 
 SPEED = 240.0  # simulated seconds a second: a session in a few seconds
 POLL = "poll: {interval: 250ms, timeout: 200ms}"
+POLL_SECONDS = 0.25
+JITTER = 0.1  # a poll may start this late on a loaded machine
 TARIFFS = (
     "tariffs: {default: home, table: {home: {currency: EUR, timezone: Europe/Bucharest,"
     " periods: [{name: night, price: 0.1, from: '22:00', to: '07:00'}, {name: day, price: 0.2}]}}}"
@@ -93,6 +95,7 @@ async def test_statement_command_csv_api_and_influxdb_agree(
         config = config_of(fleet, state, influx_yaml(vm.url))
         exporter = Exporter(config)
         await exporter.start()
+        began = fleet.clock.unix(fleet.clock.now())
         try:
             stage = exporter.sessions
             assert stage is not None
@@ -103,6 +106,8 @@ async def test_statement_command_csv_api_and_influxdb_agree(
                 ),
                 90,
             )
+            # Sessions that ended before the third idle poll may still be open.
+            truth = finished_truth(fleet, began + 0.5, fleet.clock.unix(fleet.clock.now()) - 1.0)
             for name in fleet.names:  # nothing changes from here on
                 fleet.set_fault(name, "refuse")
             await asyncio.sleep(1.0)  # the store catches up (it is at most a second behind)
@@ -119,6 +124,18 @@ async def test_statement_command_csv_api_and_influxdb_agree(
 
     closed = [r for r in csv_rows if r["open"] == "false"]
     assert len(closed) >= 8
+    # Over real sockets too, the records are the simulator's: each session once, its energy
+    # within 1 Wh, its start and end within a poll interval (and the scheduler's jitter).
+    assert len(truth) >= 3
+    for want in truth:
+        [got] = [
+            r
+            for r in closed
+            if (r["device"], r["session_id"]) == (want["device"], str(want["session_id"]))
+        ]
+        assert abs(float(got["energy_wh"]) - want["wh"]) <= 1.0
+        assert 0.0 <= float(got["start_unix"]) - want["start"] < POLL_SECONDS + JITTER
+        assert 0.0 <= float(got["end_unix"]) - want["end"] < POLL_SECONDS + JITTER
     assert {r["label_owner"] for r in api_rows(api)} <= {"o1"}
     assert {(a["device"], a["start_unix"]) for a in api} == {
         (r["device"], float(r["start_unix"])) for r in csv_rows if r["label_owner"] == "o1"
