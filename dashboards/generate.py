@@ -1266,6 +1266,7 @@ DASHBOARDS: dict[str, Callable[[], JSON]] = {
     "prometheus/exporter-health.json": exporter_health,
     "influxdb/fleet-overview.json": influx_dashboards.fleet_overview,
     "influxdb/device-detail.json": influx_dashboards.device_detail,
+    "influxdb/sessions.json": influx_dashboards.sessions,
 }
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from exporter.config import parse_config
 from exporter.reading import Reading, Sample
-from exporter.sessions.stage import SessionsStage, session_line
+from exporter.sessions.stage import SESSION_FIELDS, SessionsStage, session_line
 from exporter.sessions.store import Batch, Store
 
 T0 = 1_790_000_000.0
@@ -114,3 +114,5 @@ def test_a_session_point_is_line_protocol_at_the_session_start() -> None:
     assert "energy_joules=25200000.0" in line
     assert "session_id=9i" in line and 'anomalies="gap"' in line
     assert line.endswith(f" {int(T0 * 1000) + 250}\n")
+    fields = line.rsplit(" ", 1)[0].split("site=home ", 1)[1]
+    assert {f.split("=", 1)[0] for f in fields.split(",")} == set(SESSION_FIELDS)
