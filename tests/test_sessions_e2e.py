@@ -22,7 +22,7 @@ from exporter.app import Exporter
 from exporter.cli import main as cli_main
 from exporter.config import Config, parse_config
 from exporter.reading import Reading
-from exporter.simulator.server import DeviceSpec, SimulatedFleet
+from exporter.simulator.server import ControlServer, DeviceSpec, SimulatedFleet
 from tests.conftest import fetch, override_replies
 from tests.servers import VictoriaMetrics, free_port, unavailable
 
@@ -296,3 +296,28 @@ async def test_meter_energy_of_a_known_power_persists_over_a_restart_and_skips_a
     assert meter_energy(later[-1], "L1", "import") == pytest.approx(
         2000.0 * (elapsed + since_restart), rel=1e-9
     )
+
+
+# ---- the simulator's ground truth over its control API -----------------------------------
+
+
+async def test_the_control_api_lists_the_sessions_a_charger_generated() -> None:
+    specs = [DeviceSpec("car", "1p7k", seed=128), DeviceSpec("meter", "em", seed=1)]
+    async with SimulatedFleet(specs, speed=SPEED) as fleet:
+        control = ControlServer([fleet])
+        await control.start()
+        try:
+            await asyncio.sleep(1.5)  # the session under way at the start ends (seed 128)
+            _, body = await fetch(f"{control.url}/devices/car/sessions")
+            status_meter, _ = await fetch(f"{control.url}/devices/meter/sessions")
+            status_unknown, _ = await fetch(f"{control.url}/devices/nope/sessions")
+        finally:
+            await control.stop()
+    sessions = json.loads(body)["sessions"]
+
+    assert sessions, "no session generated"
+    assert set(sessions[0]) == {"session_id", "start", "end", "wh"}
+    finished = [s for s in sessions if s["end"] is not None]
+    assert finished and all(s["end"] > s["start"] and s["wh"] > 0 for s in finished)
+    assert [s["session_id"] for s in sessions] == sorted(s["session_id"] for s in sessions)
+    assert (status_meter, status_unknown) == (400, 404)
