@@ -108,6 +108,25 @@ class Store:
             ) from None
         self._db = db
 
+    def open_readonly(self) -> None:
+        """Open for reading only (the sessions command): no schema change, no write."""
+        file = Path(self.path)
+        if not file.exists():
+            raise StoreError(f"state database {self.path}: not found (has the exporter run?)")
+        try:
+            db = sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
+            row = db.execute("SELECT version FROM schema_version").fetchone()
+        except sqlite3.Error as exc:
+            raise self._fail("damaged or not a database", exc) from None
+        if row is None or row[0] != SCHEMA_VERSION:
+            db.close()
+            found = row[0] if row else "none"
+            raise StoreError(
+                f"state database {self.path}: schema version {found}, this exporter reads "
+                f"{SCHEMA_VERSION} (start the exporter once to migrate it)"
+            )
+        self._db = db
+
     def _prepare(self, db: sqlite3.Connection) -> None:
         check = db.execute("PRAGMA quick_check").fetchone()
         if check is None or check[0] != "ok":
