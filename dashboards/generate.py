@@ -337,6 +337,94 @@ def fleet_overview() -> JSON:
         ),
     )
     lay.add(
+        Row("Tariffs, limits and meter energy (derived by the exporter)"),
+        timeseries(
+            "Energy per tariff period",
+            "Energy charged per day in each configured tariff period (tariff/period), each "
+            "poll's energy priced at the period in force (docs/sessions.md).",
+            [
+                prom(
+                    f"sum by (tariff) (increase(lektrico_tariff_energy_joules_total{{{SEL}}}"
+                    f"[1d])) / {KWH}",
+                    "{{tariff}}",
+                    interval="1d",
+                )
+            ],
+            "kwatth",
+            width=12,
+            bars=True,
+            stack=True,
+            interval="1d",
+            time_from="30d",
+        ),
+        timeseries(
+            "Cost per tariff period",
+            "Cost of the energy charged per day, per tariff period and currency.",
+            [
+                prom(
+                    f"sum by (tariff, currency) (increase(lektrico_energy_cost_total{{{SEL}}}"
+                    "[1d]))",
+                    "{{tariff}} {{currency}}",
+                    interval="1d",
+                )
+            ],
+            "none",
+            width=12,
+            bars=True,
+            stack=True,
+            interval="1d",
+            time_from="30d",
+        ),
+        bargauge(
+            "Charging time by limit reason",
+            "In the selected time range: time the chargers charged while their current was "
+            "limited by each reason.",
+            [
+                prom(
+                    f"sum by (reason) (increase(lektrico_charging_limited_seconds_total{{{SEL}}}"
+                    "[$__range]))",
+                    "{{reason}}",
+                    instant=True,
+                )
+            ],
+            "s",
+            width=8,
+        ),
+        bargauge(
+            "Energy by limit reason",
+            "In the selected time range: energy charged while the current was limited by each "
+            "reason.",
+            [
+                prom(
+                    "sum by (reason) (increase("
+                    f"lektrico_charging_limited_energy_joules_total{{{SEL}}}[$__range])) / {KWH}",
+                    "{{reason}}",
+                    instant=True,
+                )
+            ],
+            "kwatth",
+            width=8,
+        ),
+        timeseries(
+            "Meter energy, import and export",
+            "Energy through each energy meter per hour, integrated by the exporter from the "
+            "meters' power (they have no energy counter); export is energy fed to the grid.",
+            [
+                prom(
+                    f"sum by (device, direction) (increase(lektrico_meter_energy_joules_total"
+                    f"{{{SEL}}}[1h])) / {KWH}",
+                    "{{device}} {{direction}}",
+                    interval="1h",
+                )
+            ],
+            "kwatth",
+            width=8,
+            bars=True,
+            interval="1h",
+            time_from="2d",
+        ),
+    )
+    lay.add(
         Row("Charger states"),
         state_timeline(
             "Charger state",
@@ -1305,6 +1393,7 @@ DASHBOARDS: dict[str, Callable[[], JSON]] = {
     "prometheus/exporter-health.json": exporter_health,
     "influxdb/fleet-overview.json": influx_dashboards.fleet_overview,
     "influxdb/device-detail.json": influx_dashboards.device_detail,
+    "influxdb/sessions.json": influx_dashboards.sessions,
 }
 
 

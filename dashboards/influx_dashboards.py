@@ -1,4 +1,4 @@
-"""The InfluxDB dashboards (InfluxQL): fleet overview and device detail.
+"""The InfluxDB dashboards (InfluxQL): fleet overview, device detail and charging sessions.
 
 Measurement and field names come from the exporter's own serializer plans
 (exporter/outputs/influx/lines.py, derived from the catalogue), with the default measurement prefix
@@ -30,6 +30,7 @@ from builder import (
 
 from exporter.catalogue import table as cat
 from exporter.outputs.influx.lines import plans
+from exporter.sessions.stage import SESSION_MEASUREMENT
 
 # The serializer decides the measurement (prefix + the catalogue's suffix); the catalogue's
 # `influx=` row names the field.
@@ -823,4 +824,128 @@ def device_detail() -> JSON:
         variables(multi=False),
         lay,
         time_from="now-3h",
+    )
+
+
+# ---- charging sessions -----------------------------------------------------------------------
+
+# One point per finished session (exporter/sessions/stage.py), at the session's start.
+SESSION = f'"lektrico_{SESSION_MEASUREMENT}"'
+
+
+def sessions() -> JSON:
+    lay = Layout()
+    lay.add(
+        Row("Sessions"),
+        table(
+            "Charging sessions",
+            "Every charging session that finished, from its start: energy, cost at the "
+            "configured tariff, charging and connected time, peak power and anomalies "
+            "(docs/sessions.md).",
+            [
+                influxql(
+                    f"""
+                    SELECT "energy_joules" / {KWH} AS "kWh", "cost", "currency", "tariff",
+                      "charging_seconds", "connected_seconds", "peak_power_watts", "anomalies"
+                    FROM {SESSION} WHERE {WHERE} GROUP BY "device"
+                    """,
+                    table=True,
+                )
+            ],
+            "kwatth",
+            width=24,
+            height=10,
+            overrides=[
+                override("cost", {"unit": "none", "decimals": 2}),
+                override("charging_seconds", {"unit": "s", "displayName": "charging"}),
+                override("connected_seconds", {"unit": "s", "displayName": "connected"}),
+                override("peak_power_watts", {"unit": "watt", "displayName": "peak power"}),
+            ],
+            sort_by="Time",
+        ),
+    )
+    lay.add(
+        Row("Energy and cost (choose the month in the time picker)"),
+        table(
+            "Energy and cost by device",
+            "In the selected range (by default this month): sessions, energy and cost per "
+            "device, each session counted in the range it started in.",
+            [
+                influxql(
+                    f"""
+                    SELECT count("energy_joules") AS "sessions",
+                      sum("energy_joules") / {KWH} AS "kWh", sum("cost") AS "cost",
+                      last("currency") AS "currency"
+                    FROM {SESSION} WHERE {WHERE} GROUP BY "device"
+                    """,
+                    table=True,
+                )
+            ],
+            "kwatth",
+            width=12,
+            overrides=[
+                override("sessions", {"unit": "none"}),
+                override("cost", {"unit": "none", "decimals": 2}),
+            ],
+            sort_by="kWh",
+        ),
+        table(
+            "Energy and cost by label",
+            "The same, summed by the label chosen in Group by (site, owner...).",
+            [
+                influxql(
+                    f"""
+                    SELECT count("energy_joules") AS "sessions",
+                      sum("energy_joules") / {KWH} AS "kWh", sum("cost") AS "cost",
+                      last("currency") AS "currency"
+                    FROM {SESSION} WHERE {WHERE} GROUP BY "$group"
+                    """,
+                    table=True,
+                )
+            ],
+            "kwatth",
+            width=12,
+            overrides=[
+                override("sessions", {"unit": "none"}),
+                override("cost", {"unit": "none", "decimals": 2}),
+            ],
+            sort_by="kWh",
+        ),
+        timeseries(
+            "Energy per day by device",
+            "Energy of the sessions that started each day.",
+            [
+                influxql(
+                    f"""
+                    SELECT sum("energy_joules") / {KWH} FROM {SESSION}
+                    WHERE {WHERE} GROUP BY time(1d), "device" fill(none)
+                    """,
+                    "$tag_device",
+                )
+            ],
+            "kwatth",
+            width=24,
+            bars=True,
+            stack=True,
+            interval="1d",
+        ),
+    )
+    group = query_variable(
+        "group",
+        "Group by",
+        "influxdb",
+        f"SHOW TAG KEYS FROM {SESSION}",
+        regex="/^(?!device$).+$/",
+        description="A tag to sum sessions by: one of your device labels (site, owner...).",
+    )
+    group["sort"] = 1
+    group["current"] = {"text": "site", "value": "site"}
+    return dashboard(
+        "lektrico-influxdb-sessions",
+        "Lektrico charging sessions (InfluxDB)",
+        "Every charging session the exporter recorded, and energy and cost per device and "
+        "per label for a month (the time picker's range).",
+        [*variables(multi=True), group],
+        lay,
+        time_from="now/M",
     )

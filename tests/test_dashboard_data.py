@@ -63,6 +63,9 @@ FLEET = (
     DeviceSpec("charger-old", "1p7k-old", seed=13),
     DeviceSpec("meter-3p", "3em", seed=14),
     DeviceSpec("meter-1p", "em", seed=15),
+    # Charging when polling starts and done 5 s later (at 60x): a finished session for the
+    # sessions dashboard.
+    DeviceSpec("charger-session", "1p7k", seed=128),
 )
 ALL_WEEK = {"start_d": 1, "start_h": 0, "start_m": 0, "end_d": 7, "end_h": 23, "end_m": 59}
 ALL_WEEK |= {"current": 16, "lb_mode": 1}
@@ -220,8 +223,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             f"listen: '127.0.0.1:{port}'\n"
             f"devices: {json.dumps(devices)}\n"
             "poll: {interval: 1s, timeout: 500ms, slow_interval: 2s, identity_interval: 30s}\n"
+            # A tariff, so the derived energy and cost panels have series.
+            "tariffs: {default: home, table: {home: {currency: EUR, periods: [{name: night,"
+            " price: 0.1, from: '22:00', to: '07:00'}, {name: day, price: 0.2}]}}}\n"
         )
         exporter = Exporter(config, metrics=metrics, extra_sinks=[to_line_protocol, writer.publish])
+        assert exporter.sessions is not None
+        # Finished sessions' lektrico_session points go where the readings go.
+        exporter.sessions.emit = lambda data: lines.extend(data.decode().splitlines())
+        exporter.sessions.precision = "ms"  # as the readings' lines
         runner.run(exporter.start())
         stack = Stack(
             servers.prometheus,
@@ -229,7 +239,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             {s.name: KIND.get(s.profile, cat.METER) for s in FLEET},
         )
         deadline = time.monotonic() + SETUP_TIMEOUT
-        while not scrapes_done(stack):
+        while not scrapes_done(stack) or not any(x.startswith("lektrico_session,") for x in lines):
             assert time.monotonic() < deadline, "Prometheus did not scrape the exporter in time"
             time.sleep(0.5)
         body = ("\n".join(list(lines)) + "\n").encode()

@@ -26,6 +26,7 @@ import yaml
 from exporter.catalogue import table as cat
 from exporter.config.schema import load_config
 from exporter.outputs.influx.lines import POINT_TAGS, plans
+from exporter.sessions.stage import SESSION_FIELDS, SESSION_MEASUREMENT
 
 from .servers import unavailable
 
@@ -180,6 +181,10 @@ def influx_schema() -> dict[str, tuple[dict[str, str], frozenset[str]]]:
             fields[measurement][row.field] = row.type
             if metric.kind not in (cat.Kind.STATESET, cat.Kind.INFO):
                 tags[measurement].update(metric.labels)
+    # Not a catalogue metric: one point per finished charging session (docs/sessions.md).
+    session = f"lektrico_{SESSION_MEASUREMENT}"
+    fields[session] = dict(SESSION_FIELDS)
+    tags[session] = set(POINT_TAGS)
     return {m: (fields[m], frozenset(tags[m])) for m in fields}
 
 
@@ -301,6 +306,7 @@ def test_every_dashboard_is_present() -> None:
         "prometheus/exporter-health.json",
         "influxdb/fleet-overview.json",
         "influxdb/device-detail.json",
+        "influxdb/sessions.json",
     }
 
 
@@ -460,7 +466,7 @@ def test_device_variable_lists_devices_for_one_or_hundreds(path: Path) -> None:
     dashboard = load(path)
     device = next(v for v in variables(dashboard) if v["name"] == "device")
     assert "lektrico_up" in device["query"] or '"lektrico_device"' in device["query"]
-    if "fleet-overview" in path.name:
+    if "fleet-overview" in path.name or "sessions" in path.name:  # every device at once
         assert device["multi"] and device["includeAll"] and device["allValue"] == ".*"
         selector = re.compile(r'device\s*=~\s*"\$device"|"device" =~ /\^\$device\$/')
         for panel, target in targets(dashboard):

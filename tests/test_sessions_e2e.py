@@ -22,12 +22,14 @@ from exporter.catalogue import table as cat
 from exporter.cli import main as cli_main
 from exporter.config.schema import Config, parse_config
 from exporter.reading import Reading
-from exporter.simulator.server import DeviceSpec, SimulatedFleet
+from exporter.simulator.server import ControlServer, DeviceSpec, SimulatedFleet
 from tests.conftest import fetch, override_replies
 from tests.servers import VictoriaMetrics, free_port, unavailable
 
 SPEED = 240.0  # simulated seconds a second: a session in a few seconds
 POLL = "poll: {interval: 250ms, timeout: 200ms}"
+POLL_SECONDS = 0.25
+JITTER = 0.1  # a poll may start this late on a loaded machine
 TARIFFS = (
     "tariffs: {default: home, table: {home: {currency: EUR, timezone: Europe/Bucharest,"
     " periods: [{name: night, price: 0.1, from: '22:00', to: '07:00'}, {name: day, price: 0.2}]}}}"
@@ -93,6 +95,7 @@ async def test_statement_command_csv_api_and_influxdb_agree(
         config = config_of(fleet, state, influx_yaml(vm.url))
         exporter = Exporter(config)
         await exporter.start()
+        began = fleet.clock.unix(fleet.clock.now())
         try:
             stage = exporter.sessions
             assert stage is not None
@@ -103,6 +106,8 @@ async def test_statement_command_csv_api_and_influxdb_agree(
                 ),
                 90,
             )
+            # Sessions that ended before the third idle poll may still be open.
+            truth = finished_truth(fleet, began + 0.5, fleet.clock.unix(fleet.clock.now()) - 1.0)
             for name in fleet.names:  # nothing changes from here on
                 fleet.set_fault(name, "refuse")
             await asyncio.sleep(1.0)  # the store catches up (it is at most a second behind)
@@ -120,6 +125,18 @@ async def test_statement_command_csv_api_and_influxdb_agree(
 
     closed = [r for r in csv_rows if r["open"] == "false"]
     assert len(closed) >= 8
+    # Over real sockets too, the records are the simulator's: each session once, its energy
+    # within 1 Wh, its start and end within a poll interval (and the scheduler's jitter).
+    assert len(truth) >= 3
+    for want in truth:
+        [got] = [
+            r
+            for r in closed
+            if (r["device"], r["session_id"]) == (want["device"], str(want["session_id"]))
+        ]
+        assert abs(float(got["energy_wh"]) - want["wh"]) <= 1.0
+        assert 0.0 <= float(got["start_unix"]) - want["start"] < POLL_SECONDS + JITTER
+        assert 0.0 <= float(got["end_unix"]) - want["end"] < POLL_SECONDS + JITTER
     assert {r["label_owner"] for r in api_rows(api)} <= {"o1"}
     assert {(a["device"], a["start_unix"]) for a in api} == {
         (r["device"], float(r["start_unix"])) for r in csv_rows if r["label_owner"] == "o1"
@@ -283,3 +300,28 @@ async def test_meter_energy_of_a_known_power_persists_over_a_restart_and_skips_a
     assert meter_energy(later[-1], "L1", "import") == pytest.approx(
         2000.0 * (elapsed + since_restart), rel=1e-9
     )
+
+
+# ---- the simulator's ground truth over its control API -----------------------------------
+
+
+async def test_the_control_api_lists_the_sessions_a_charger_generated() -> None:
+    specs = [DeviceSpec("car", "1p7k", seed=128), DeviceSpec("meter", "em", seed=1)]
+    async with SimulatedFleet(specs, speed=SPEED) as fleet:
+        control = ControlServer([fleet])
+        await control.start()
+        try:
+            await asyncio.sleep(1.5)  # the session under way at the start ends (seed 128)
+            _, body = await fetch(f"{control.url}/devices/car/sessions")
+            status_meter, _ = await fetch(f"{control.url}/devices/meter/sessions")
+            status_unknown, _ = await fetch(f"{control.url}/devices/nope/sessions")
+        finally:
+            await control.stop()
+    sessions = json.loads(body)["sessions"]
+
+    assert sessions, "no session generated"
+    assert set(sessions[0]) == {"session_id", "start", "end", "wh"}
+    finished = [s for s in sessions if s["end"] is not None]
+    assert finished and all(s["end"] > s["start"] and s["wh"] > 0 for s in finished)
+    assert [s["session_id"] for s in sessions] == sorted(s["session_id"] for s in sessions)
+    assert (status_meter, status_unknown) == (400, 404)

@@ -161,8 +161,17 @@ def test_check_config_catches_a_database_that_cannot_be_used(
     assert str(db) in done.stderr
 
 
-def test_check_config_passes_with_a_good_database(tmp_path: Path) -> None:
-    done = exporter(config_for(tmp_path, tmp_path / "new" / "state.db"), "--check-config")
+def test_check_config_passes_with_a_good_or_a_new_database_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    good = tmp_path / "good" / "state.db"
+    Store(str(good)).open()
+    before = good.read_bytes()
 
-    assert done.returncode == 0, done.stderr
-    assert (tmp_path / "new" / "state.db").exists()
+    fresh = exporter(config_for(tmp_path, tmp_path / "new" / "state.db"), "--check-config")
+    existing = exporter(config_for(tmp_path, good), "--check-config")
+
+    assert fresh.returncode == 0, fresh.stderr
+    assert existing.returncode == 0, existing.stderr
+    assert not (tmp_path / "new").exists()
+    assert good.read_bytes() == before

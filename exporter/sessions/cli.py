@@ -36,7 +36,7 @@ def main(argv: Sequence[str], prog: str) -> int:
         return 2
     store = Store(store_path(config))
     try:
-        store.open()
+        store.open_readonly()
         found = store.sessions(since=since, until=until)
     except StoreError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)

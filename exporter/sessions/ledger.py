@@ -184,6 +184,7 @@ class DeviceLedger:
         self.meter_t: float | None = None
         self.meter_p: dict[str, float] = {}
         self.restored = False
+        self._zeroed = ""  # the tariff whose period series exist
 
     # ---- persistence ------------------------------------------------------------------------
 
@@ -249,6 +250,7 @@ class DeviceLedger:
         if dt < 0:
             return  # an older reading than the last one (a probe that raced a poll)
         restored, self.restored = self.restored, False
+        self._zeroes(obs)
         gap = last is not None and self._gap(dt)
         new_sid = (
             s is not None
@@ -296,6 +298,20 @@ class DeviceLedger:
             s.connected_seconds = max(s.connected_seconds, obs.t - s.start)
             result.changed.append(s)
         self.last = obs
+
+    def _zeroes(self, obs: Observed) -> None:
+        """Series from the first poll on, at 0 until they count: the tariff's periods and the
+        limit reason the charger reports (so increase() and dashboards have data at once)."""
+        c = self.counters
+        if obs.reason is not None and obs.reason not in c.limited_seconds:
+            c.limited_seconds[obs.reason] = 0.0
+            c.limited_wh.setdefault(obs.reason, 0.0)
+        if self.tariff.name and self._zeroed != self.tariff.name:
+            self._zeroed = self.tariff.name
+            for period in self.tariff.period_names:
+                key = f"{self.tariff.name}/{period}"
+                c.tariff_wh.setdefault(key, 0.0)
+                c.cost.setdefault(key, [self.tariff.currency, 0.0])
 
     def _open(self, obs: Observed, last: Observed | None, reading: Reading) -> Session:
         s = Session(

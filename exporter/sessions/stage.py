@@ -37,6 +37,24 @@ def store_path(config: Config) -> str:
     return config.state.path or default_path()
 
 
+# The lektrico_session point's fields and their InfluxDB types (docs/influxdb.md); its tags are
+# device, model and the device's labels.
+SESSION_MEASUREMENT = "session"
+SESSION_FIELDS = {
+    "energy_joules": "float",
+    "charging_seconds": "float",
+    "connected_seconds": "float",
+    "peak_power_watts": "float",
+    "phases": "int",
+    "end_timestamp_seconds": "float",
+    "cost": "float",
+    "currency": "string",
+    "tariff": "string",
+    "anomalies": "string",
+    "session_id": "int",
+}
+
+
 def session_line(s: Session, prefix: str = "lektrico", precision: str = "s") -> bytes:
     """One finished session as a line-protocol point (docs/influxdb.md, lektrico_session)."""
     tags = [("device", s.device), ("model", s.model), *sorted(s.labels.items())]
@@ -58,7 +76,8 @@ def session_line(s: Session, prefix: str = "lektrico", precision: str = "s") -> 
     if s.session_id is not None:
         fields.append(("session_id", influx.format_field(s.session_id, "int")))
     body = ",".join(f"{k}={v}" for k, v in fields if v is not None)
-    measurement = influx.escape_measurement(f"{prefix}_session" if prefix else "session")
+    name = f"{prefix}_{SESSION_MEASUREMENT}" if prefix else SESSION_MEASUREMENT
+    measurement = influx.escape_measurement(name)
     ts = influx.timestamp(s.start, precision)
     return f"{measurement}{tagset} {body} {ts}\n".encode()
 

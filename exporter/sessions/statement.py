@@ -277,7 +277,7 @@ def render_json(st: Statement) -> str:
     return json.dumps(st.as_dict(), indent=2) + "\n"
 
 
-def render_html(st: Statement, months: Sequence[str] = (), groupings: Sequence[str] = ()) -> str:
+def render_html(st: Statement, groupings: Sequence[str] = ()) -> str:
     """A page for people, printable as the month's statement; self-contained, all escaped."""
     e = html.escape
     parts = [

@@ -108,6 +108,25 @@ class Store:
             ) from None
         self._db = db
 
+    def open_readonly(self) -> None:
+        """Open for reading only (the sessions command): no schema change, no write."""
+        file = Path(self.path)
+        if not file.exists():
+            raise StoreError(f"state database {self.path}: not found (has the exporter run?)")
+        try:
+            db = sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
+            row = db.execute("SELECT version FROM schema_version").fetchone()
+        except sqlite3.Error as exc:
+            raise self._fail("damaged or not a database", exc) from None
+        if row is None or row[0] != SCHEMA_VERSION:
+            db.close()
+            found = row[0] if row else "none"
+            raise StoreError(
+                f"state database {self.path}: schema version {found}, this exporter reads "
+                f"{SCHEMA_VERSION} (start the exporter once to migrate it)"
+            )
+        self._db = db
+
     def _prepare(self, db: sqlite3.Connection) -> None:
         check = db.execute("PRAGMA quick_check").fetchone()
         if check is None or check[0] != "ok":
@@ -188,7 +207,34 @@ class Store:
 
 
 def check(path: str) -> None:
-    """Open and close the store at `path` (for --check-config); StoreError if unusable."""
+    """For --check-config: StoreError if the store at `path` could not be used, changing
+    nothing (a check run as another user must not leave a file the service cannot write)."""
+    file = Path(path)
     store = Store(path)
-    store.open()
-    store.close()
+    if not file.exists():
+        parent = file.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise store._fail("not writable", f"cannot create it in {parent}")
+        return
+    for what in (file, file.parent):
+        if not os.access(what, os.W_OK):
+            raise store._fail("not writable", f"{what} is read-only for this user")
+    try:
+        db = sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error as exc:
+        raise store._fail("cannot open", exc) from None
+    try:
+        check = db.execute("PRAGMA quick_check").fetchone()
+        if check is None or check[0] != "ok":
+            raise sqlite3.DatabaseError(f"integrity check: {check[0] if check else 'no answer'}")
+        row = db.execute("SELECT version FROM schema_version").fetchone()
+        if row is not None and row[0] > SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(
+                f"schema version {row[0]} is newer than this exporter's {SCHEMA_VERSION}"
+            )
+    except sqlite3.DatabaseError as exc:
+        raise store._fail("damaged or not a database; move it away to start afresh", exc) from None
+    finally:
+        db.close()

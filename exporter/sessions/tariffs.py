@@ -184,6 +184,7 @@ class Tariff:
             self._periods.append((p.name, p.price, days, _minutes(p.start), _minutes(p.end)))
         if not self._periods:
             self._periods.append(("", 0.0, frozenset(range(7)), 0, MINUTES_A_DAY))
+        self.period_names = tuple(dict.fromkeys(name for name, *_ in self._periods))
         self._edges = sorted({m % MINUTES_A_DAY for *_, a, b in self._periods for m in (a, b)})
         self._day = functools.lru_cache(maxsize=64)(self._segments)
 

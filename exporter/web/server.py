@@ -301,7 +301,7 @@ class Web:
             return web.Response(status=400, text=f"{exc}\n")
         found = await self.sessions.query(since=since, until=until)
         labels = sorted({k for st in self.poller.devices.values() for k, _ in st.target.labels})
-        page = statement.render_html(statement.statement(found, month, group_by), (), labels)
+        page = statement.render_html(statement.statement(found, month, group_by), labels)
         return web.Response(text=page, content_type="text/html")
 
     def _budget(self, request: web.Request) -> float:
