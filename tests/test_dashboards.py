@@ -26,8 +26,7 @@ import yaml
 from exporter.catalogue import table as cat
 from exporter.config.schema import load_config
 from exporter.outputs.influx.lines import POINT_TAGS, plans
-
-from .servers import unavailable
+from harness.servers import unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = ROOT / "dashboards"
