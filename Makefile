@@ -38,7 +38,7 @@ docs: deps
 	$(BIN)/python -m exporter.catalogue.docs > docs/metrics.md
 
 dashboards: deps
-	$(BIN)/python dashboards/generate.py
+	$(BIN)/python -m dashboards.generate
 
 bench: deps system-deps
 	$(BIN)/python bench/run.py
