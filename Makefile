@@ -41,7 +41,7 @@ dashboards: deps
 	$(BIN)/python -m dashboards.generate
 
 bench: deps system-deps
-	$(BIN)/python bench/run.py
+	$(BIN)/python -m bench.run
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache node_modules
