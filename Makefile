@@ -38,10 +38,10 @@ docs: deps
 	$(BIN)/python -m exporter.catalogue.docs > docs/metrics.md
 
 dashboards: deps
-	$(BIN)/python dashboards/generate.py
+	$(BIN)/python -m dashboards.generate
 
 bench: deps system-deps
-	$(BIN)/python bench/run.py
+	$(BIN)/python -m bench.run
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache node_modules

@@ -1,6 +1,6 @@
 """InfluxDB output throughput for a 1,000-device fleet: points/s serialised and written.
 
-    .venv/bin/python bench/influx_bench.py [--devices 1000] [--polls 30]
+    .venv/bin/python -m bench.influx_bench [--devices 1000] [--polls 30]
 
 Readings are built from simulated devices' replies exactly as the poller builds them (without
 HTTP, which is the poller's cost, not the output's). "Serialised" is Reading → line protocol.
@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from exporter.catalogue import table as cat
 from exporter.catalogue.selfmetrics import SelfMetrics
@@ -28,7 +25,7 @@ from exporter.outputs.influx.lines import Serializer
 from exporter.outputs.influx.writer import InfluxWriter
 from exporter.reading import Reading, Sample
 from exporter.simulator.device import ManualClock, make_device
-from tests.servers import VictoriaMetrics
+from harness.servers import VictoriaMetrics
 
 PROFILES = ("1p7k",) * 4 + ("3p22k",) * 3 + ("em",) * 2 + ("3em",)
 

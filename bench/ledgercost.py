@@ -1,7 +1,7 @@
 """What the session ledger adds to a poll, in-process: CPU per reading and per flush, memory.
 
-    .venv/bin/python bench/ledgercost.py                 # 10,000 devices, 20 rounds
-    .venv/bin/python bench/ledgercost.py --memory        # live memory per device instead
+    .venv/bin/python -m bench.ledgercost                 # 10,000 devices, 20 rounds
+    .venv/bin/python -m bench.ledgercost --memory        # live memory per device instead
 
 Readings are the exporter's own (the simulator's replies through normalise.extract), from 40
 simulated chargers and meters of every profile on a hand-moved clock, given to `--devices`
@@ -22,14 +22,12 @@ import tracemalloc
 from collections import Counter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from exporter.catalogue import table as cat  # noqa: E402
-from exporter.config.schema import parse_config  # noqa: E402
-from exporter.device.normalise import extract, normalise_reply  # noqa: E402
-from exporter.reading import Reading, Sample  # noqa: E402
-from exporter.sessions.stage import SessionsStage  # noqa: E402
-from exporter.simulator.device import Device, ManualClock, make_device  # noqa: E402
+from exporter.catalogue import table as cat
+from exporter.config.schema import parse_config
+from exporter.device.normalise import extract, normalise_reply
+from exporter.reading import Reading, Sample
+from exporter.sessions.stage import SessionsStage
+from exporter.simulator.device import Device, ManualClock, make_device
 
 PROFILES = ("1p7k", "3p22k", "3em", "1p7k-old", "em")
 MODEL = {"1p7k": "1p7k", "1p7k-old": "1p7k", "3p22k": "3p22k", "em": "em", "3em": "3em"}

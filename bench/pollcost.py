@@ -1,10 +1,10 @@
 """What one poll costs, in-process: the quick measurement behind each change to the poll path.
 
-    .venv/bin/python bench/pollcost.py                      # 2,000 devices every 3 s (667/s)
-    .venv/bin/python bench/pollcost.py --interval 0.25 --timeout 0.2    # flat out
-    .venv/bin/python bench/pollcost.py --interval 15 --memory          # live memory per device
-    .venv/bin/python bench/pollcost.py --profile                       # cProfile of the window
-    .venv/bin/python bench/pollcost.py --loop poll --concurrency 100   # no scheduler, flat out
+    .venv/bin/python -m bench.pollcost                      # 2,000 devices every 3 s (667/s)
+    .venv/bin/python -m bench.pollcost --interval 0.25 --timeout 0.2    # flat out
+    .venv/bin/python -m bench.pollcost --interval 15 --memory          # live memory per device
+    .venv/bin/python -m bench.pollcost --profile                       # cProfile of the window
+    .venv/bin/python -m bench.pollcost --loop poll --concurrency 100   # no scheduler, flat out
 
 The simulator serves `--devices` devices from 4 processes on 127.200.x.y; this process runs
 the exporter's Poller with an Exposition as its only sink, on the exporter's runtime
@@ -13,7 +13,7 @@ switch those off), waits `--settle` s for first polls and slow methods, and prin
 `--window` s window: polls/s, the share on time, CPU ms per poll (this process's
 time.process_time), requests per poll and devices up. `--memory` traces allocations instead
 (tracemalloc slows polls, so use a long interval) and prints live KB per device with the
-largest allocation sites. bench/run.py is the full benchmark, with the exporter as its own
+largest allocation sites. bench.run is the full benchmark, with the exporter as its own
 process; this one is for comparing one change with the next on the same machine.
 """
 
@@ -23,11 +23,7 @@ import argparse
 import asyncio
 import cProfile
 import gc
-import os
 import pstats
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 import tracemalloc
@@ -35,13 +31,12 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from exporter.catalogue import table as cat  # noqa: E402
-from exporter.catalogue.selfmetrics import SelfMetrics  # noqa: E402
-from exporter.cli import run as exporter_runtime  # noqa: E402
-from exporter.device.poller import DeviceState, Poller, PollSettings, Target  # noqa: E402
-from exporter.outputs.prometheus import Exposition  # noqa: E402
+from exporter.catalogue import table as cat
+from exporter.catalogue.selfmetrics import SelfMetrics
+from exporter.cli import run as exporter_runtime
+from exporter.device.poller import DeviceState, Poller, PollSettings, Target
+from exporter.outputs.prometheus import Exposition
+from harness.processes import PY, Processes
 
 
 def parse_args() -> argparse.Namespace:
@@ -168,44 +163,46 @@ async def flat_out(opts: argparse.Namespace, poller: Poller) -> None:
     )
 
 
+async def simulate_and_measure(opts: argparse.Namespace, procs: Processes) -> None:
+    """The simulator (4 worker processes) serving `--devices` devices, then `measure`."""
+    targets_file = procs.workdir / "targets.yaml"
+    sim = procs.start(
+        [
+            PY,
+            "-m",
+            "exporter",
+            "simulate",
+            "--devices",
+            str(opts.devices),
+            "--mix",
+            "1p7k,3p22k,em,3em",
+            "--address-base",
+            opts.address_base,
+            "--port",
+            str(opts.port),
+            "--processes",
+            "4",
+            "--targets-file",
+            str(targets_file),
+            "--seed",
+            "1",
+        ],
+        "simulator",
+    )
+    if not await procs.wait_output(sim, "simulator", b"simulating", 60 + opts.devices / 100):
+        raise SystemExit(f"the simulator did not start: {procs.workdir / 'simulator.err'}")
+    targets = yaml.safe_load(targets_file.read_text())["devices"]
+    await measure(opts, targets)
+
+
 def main() -> int:
     opts = parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        targets_file = Path(tmp) / "targets.yaml"
-        sim = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "exporter",
-                "simulate",
-                "--devices",
-                str(opts.devices),
-                "--mix",
-                "1p7k,3p22k,em,3em",
-                "--address-base",
-                opts.address_base,
-                "--port",
-                str(opts.port),
-                "--processes",
-                "4",
-                "--targets-file",
-                str(targets_file),
-                "--seed",
-                "1",
-            ],
-            stdout=subprocess.PIPE,
-            cwd=ROOT,
-            start_new_session=True,
-        )
+        procs = Processes(Path(tmp))
         try:
-            assert sim.stdout is not None
-            if not sim.stdout.readline().startswith(b"simulating"):
-                raise SystemExit("the simulator did not start")
-            targets = yaml.safe_load(targets_file.read_text())["devices"]
-            exporter_runtime(measure(opts, targets))
+            exporter_runtime(simulate_and_measure(opts, procs))
         finally:
-            os.killpg(sim.pid, signal.SIGTERM)
-            sim.wait(timeout=30)
+            procs.kill_all()
     return 0
 
 

@@ -1,16 +1,17 @@
-"""The long soak: a fleet with the fault mix of issue 7, polled for minutes, watched from /proc.
+"""The long soak: a fleet with the fault-matrix mix, polled for minutes, watched from /proc.
 
-    .venv/bin/python bench/soak.py                          # 1,000 devices, 10 minutes
-    .venv/bin/python bench/soak.py --devices 2000 --minutes 30 --interval 15
+    .venv/bin/python -m bench.soak                          # 1,000 devices, 10 minutes
+    .venv/bin/python -m bench.soak --devices 2000 --minutes 30 --interval 15
 
 It runs what tests/test_reliability.py runs in CI for one minute (the same FleetRun and the
-same verdict), for as long as asked: the simulator CLI serves N devices on their own 127.x.y.z
-addresses, of which 10 % hang, 5 % reset, 2.5 % answer garbage, 2.5 % non-JSON, 5 % answer just
-under the timeout and 2 % flap; the exporter polls them from its own process. Every `--step`
-seconds one line: elapsed time, the exporter's open file descriptors and RSS, devices up, polls
-and late polls so far. At the end the verdict: healthy polls on time, faulty devices down for
-the right reason, log free of tracebacks and errors, and fd and RSS growth over the window
-(least-squares trend, after warm-up) under the bounds. Exit status 0 when every promise held.
+same verdict, from harness/fleet.py), for as long as asked: the simulator CLI serves N devices
+on their own 127.x.y.z addresses, of which 10 % hang, 5 % reset, 2.5 % answer garbage, 2.5 %
+non-JSON, 5 % answer just under the timeout and 2 % flap; the exporter polls them from its own
+process. Every `--step` seconds one line: elapsed time, the exporter's open file descriptors and
+RSS, devices up, polls and late polls so far. At the end the verdict: healthy polls on time,
+faulty devices down for the right reason, log free of tracebacks and errors, and fd and RSS
+growth over the window (least-squares trend, after warm-up) under the bounds. Exit status 0 when
+every promise held.
 
 Bounded: the run ends after `--minutes` (plus start-up, at most a few minutes); every process
 it starts is killed at the end, also on Ctrl-C or an error. Traffic stays on 127.0.0.0/8.
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import resource
 import signal
 import sys
 import tempfile
@@ -30,10 +30,8 @@ from pathlib import Path
 
 import aiohttp
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.test_reliability import FleetRun, Processes, Snapshot, judge, mib  # noqa: E402
+from harness.fleet import FleetRun, Snapshot, judge, mib
+from harness.processes import Processes, raise_fd_limit
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -127,9 +125,7 @@ def interrupt(signum: int, frame: object) -> None:
 
 def main(argv: Sequence[str]) -> int:
     opts = parse_args(argv)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it
+    raise_fd_limit()  # children inherit it
     signal.signal(signal.SIGTERM, interrupt)
     with tempfile.TemporaryDirectory(prefix="lektrico-soak-") as tmp:
         workdir = opts.out or Path(tmp)

@@ -15,6 +15,9 @@ from typing import Any
 JSON = dict[str, Any]
 SCHEMA_VERSION = 41
 GRID_WIDTH = 24
+# Joules per kWh: every energy query, PromQL and InfluxQL, divides joules by this. Written out
+# in digits because InfluxQL has no exponent notation.
+KWH = "3600000"
 
 # ---- data sources ----------------------------------------------------------------------------
 

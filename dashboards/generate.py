@@ -1,7 +1,7 @@
 """Generates the Grafana dashboards under dashboards/ from one source.
 
-    python dashboards/generate.py          # rewrite the JSON files
-    python dashboards/generate.py --check  # exit 1 when a file differs from what this generates
+    python -m dashboards.generate          # rewrite the JSON files
+    python -m dashboards.generate --check  # exit 1 when a file differs from what this generates
 
 The state, reason and mode lists come from the metric catalogue (exporter/catalogue/table.py), and
 tests/test_dashboards.py checks every metric name, InfluxDB field, unit and variable used here,
@@ -15,13 +15,10 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
-
-import influx_dashboards  # noqa: E402
-from builder import (  # noqa: E402
+from dashboards import influx_dashboards
+from dashboards.builder import (
     JSON,
+    KWH,
     STATE_TEXT,
     Layout,
     Row,
@@ -42,12 +39,12 @@ from builder import (  # noqa: E402
     timeseries,
     value_mapping,
 )
+from exporter.catalogue import table as cat
 
-from exporter.catalogue import table as cat  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 # ---- shared pieces ---------------------------------------------------------------------------
 
-KWH = "3.6e6"  # joules per kWh: every energy query divides the joule counters by this
 UP_MAPPING = value_mapping({"1": ("Up", "green"), "0": ("Down", "red")})
 ON_OFF = value_mapping({"1": ("on", "blue"), "0": ("off", "text")})
 YES_NO = value_mapping({"1": ("yes", "green"), "0": ("no", "orange")})
@@ -1414,7 +1411,7 @@ def main(argv: Sequence[str]) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
     if stale:
-        print("out of date, run python dashboards/generate.py:", *stale, file=sys.stderr)
+        print("out of date, run python -m dashboards.generate:", *stale, file=sys.stderr)
         return 1
     return 0
 

@@ -9,8 +9,9 @@ with last().
 
 from __future__ import annotations
 
-from builder import (
+from dashboards.builder import (
     JSON,
+    KWH,
     STATE_TEXT,
     Layout,
     Row,
@@ -27,7 +28,6 @@ from builder import (
     timeseries,
     value_mapping,
 )
-
 from exporter.catalogue import table as cat
 from exporter.outputs.influx.lines import plans
 from exporter.sessions.stage import SESSION_MEASUREMENT
@@ -35,7 +35,6 @@ from exporter.sessions.stage import SESSION_MEASUREMENT
 # The serializer decides the measurement (prefix + the catalogue's suffix); the catalogue's
 # `influx=` row names the field.
 MEASUREMENTS = {name: plan.measurement for name, plan in plans("lektrico").items()}
-KWH = "3600000"  # joules per kWh: every energy query divides the joule fields by this
 WHERE = '"device" =~ /^$device$/ AND $timeFilter'
 BOOL_UP = {
     "type": "special",

@@ -7,7 +7,6 @@ called read methods (`*.Get`). A test whose fleet saw anything else fails in its
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
@@ -19,6 +18,7 @@ from exporter.config.schema import Config, parse_config
 from exporter.device.client import is_read_method
 from exporter.simulator.device import encode
 from exporter.simulator.server import DeviceSpec, SimulatedFleet
+from harness.processes import free_port
 
 WRITE_CALLS: list[str] = []
 READ_CALLS_SEEN = [0]
@@ -74,13 +74,6 @@ async def make_fleet() -> AsyncIterator[FleetFactory]:
     yield start
     for fleet in fleets:
         await fleet.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def fleet_config(fleet: SimulatedFleet, extra: str = "", poll: str = "", **labels: str) -> Config:

@@ -1,4 +1,4 @@
-"""The benchmark (bench/run.py) runs end to end on a tiny fleet and prints every figure.
+"""The benchmark (`python -m bench.run`) runs end to end on a tiny fleet and prints every figure.
 
 The real figures come from `make bench` (docs/performance.md); this only proves the script
 works: simulator, exporter, floor and references all start, measure and stop.
@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import random
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from harness.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 FIGURES = (
@@ -35,16 +36,10 @@ FIGURES = (
 TARGETS = 6
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def run_benchmark(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    """Run bench/run.py; on timeout SIGTERM lets it stop the processes it started."""
+    """Run the benchmark; on timeout SIGTERM lets it stop the processes it started."""
     proc = subprocess.Popen(
-        [sys.executable, "bench/run.py", *args],
+        [sys.executable, "-m", "bench.run", *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -15,8 +15,9 @@ import pytest
 
 from exporter.cli import GC_THRESHOLDS, main
 from exporter.simulator.server import DeviceSpec
+from harness.processes import free_port
 
-from .conftest import FleetFactory, fetch, free_port
+from .conftest import FleetFactory, fetch
 
 ROOT = Path(__file__).parent.parent
 BAD = sorted((Path(__file__).parent / "configs" / "bad").glob("*.yaml"))

@@ -39,8 +39,9 @@ from exporter.config.schema import (
     parse_duration,
 )
 from exporter.simulator.server import DeviceSpec
+from harness.processes import free_port
 
-from .conftest import FleetFactory, free_port
+from .conftest import FleetFactory
 
 ROOT = Path(__file__).parent.parent
 CONFIGS = Path(__file__).parent / "configs"

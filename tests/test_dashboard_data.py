@@ -35,9 +35,10 @@ from exporter.outputs.influx.lines import Serializer
 from exporter.outputs.influx.writer import InfluxWriter
 from exporter.reading import Reading
 from exporter.simulator.server import DeviceSpec, SimulatedFleet
+from harness.processes import free_port
+from harness.servers import InfluxDB1, Prometheus, VictoriaMetrics, require_binary
 
 from .conftest import override_replies
-from .servers import InfluxDB1, Prometheus, VictoriaMetrics, free_port, require_binary
 from .test_dashboards import (
     INFLUX_FILES,
     PROMETHEUS_FILES,

@@ -27,8 +27,9 @@ from exporter.config.schema import ConfigError, DiscoveryConfig, load_config, pa
 from exporter.device.discovery import Discovery, DiscoveryError, merge, parse_identity
 from exporter.device.poller import Target
 from exporter.simulator.server import DeviceSpec
+from harness.processes import free_port
 
-from .conftest import ExporterFactory, FleetFactory, fetch, fleet_config, free_port
+from .conftest import ExporterFactory, FleetFactory, fetch, fleet_config
 from .test_config import EXAMPLE, _commented_block
 
 pytestmark = pytest.mark.timeout(30)

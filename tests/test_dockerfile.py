@@ -20,8 +20,7 @@ import yaml
 
 from exporter import __version__
 from exporter.config.schema import parse_config
-
-from .servers import unavailable
+from harness.servers import unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"

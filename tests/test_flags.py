@@ -12,8 +12,9 @@ import pytest
 
 from exporter.cli import main
 from exporter.simulator.server import DeviceSpec
+from harness.processes import free_port
 
-from .conftest import FleetFactory, fetch, free_port
+from .conftest import FleetFactory, fetch
 from .test_cli import spawn, stop
 
 

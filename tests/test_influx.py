@@ -20,7 +20,7 @@ from exporter.outputs.influx.lines import (
     timestamp,
 )
 from exporter.reading import Reading, Sample
-from tests.servers import InfluxDB1, VictoriaMetrics
+from harness.servers import InfluxDB1, VictoriaMetrics
 
 T0 = 1_700_000_000.25
 

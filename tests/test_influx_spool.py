@@ -20,8 +20,9 @@ import pytest
 
 from exporter.config.schema import ConfigError, parse_config
 from exporter.outputs.influx.spool import Spool, SpoolError
+from harness.processes import free_port
+from harness.servers import unavailable
 from tests.conftest import fetch
-from tests.servers import free_port, unavailable
 
 REPO = Path(__file__).resolve().parent.parent
 EXPORTER = Path(sys.executable).with_name("lektrico-exporter")

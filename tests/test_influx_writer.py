@@ -37,7 +37,8 @@ from exporter.outputs.influx.lines import PRECISION_FACTOR, Serializer
 from exporter.outputs.influx.writer import InfluxWriter, classify, retry_after
 from exporter.reading import Reading
 from exporter.simulator.server import DeviceSpec, SimulatedFleet
-from tests.servers import InfluxDB1, VictoriaMetrics, free_port
+from harness.processes import free_port
+from harness.servers import InfluxDB1, VictoriaMetrics
 from tests.test_influx import T0, charger_reading, parse_line
 
 pytestmark = pytest.mark.server

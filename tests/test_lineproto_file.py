@@ -15,7 +15,8 @@ from exporter.outputs import lineproto_file
 from exporter.outputs.influx.lines import Serializer
 from exporter.outputs.lineproto_file import LineProtocolFile
 from exporter.simulator.server import DeviceSpec, SimulatedFleet
-from tests.servers import InfluxDB1, free_port
+from harness.processes import free_port
+from harness.servers import InfluxDB1
 from tests.test_influx import T0, charger_reading, field_table
 from tests.test_influx_spool import assert_one_line, exporter_config, run_exporter
 

@@ -15,8 +15,9 @@ from exporter.app import Exporter
 from exporter.config.schema import load_config
 from exporter.device import sharding
 from exporter.simulator.server import DeviceSpec, SimulatedFleet
+from harness.processes import free_port
 
-from .conftest import ExporterFactory, FleetFactory, fetch, free_port
+from .conftest import ExporterFactory, FleetFactory, fetch
 
 
 def write_config(

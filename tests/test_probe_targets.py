@@ -26,8 +26,7 @@ from exporter.config.addresses import TargetError, parse_target
 from exporter.config.schema import ConfigError, parse_config
 from exporter.simulator.server import DeviceSpec, SimulatedFleet
 from exporter.web.server import ProbePolicy
-
-from .conftest import free_port
+from harness.processes import free_port
 
 ALLOW = (ipaddress.ip_network("fd00::/64"), ipaddress.ip_network("127.0.0.1/32"))
 

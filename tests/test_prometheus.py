@@ -28,8 +28,7 @@ from exporter.outputs.prometheus import (
     render_probe,
 )
 from exporter.reading import Labels, Reading, Sample
-
-from .servers import unavailable
+from harness.servers import unavailable
 
 CAPTURES = Path(__file__).parent / "captures"
 TRICKY = ["back\\slash", 'say "hi"', "line\nbreak", 'all \\ " \n three', "plain"]

@@ -12,9 +12,9 @@ import pytest
 
 from exporter.outputs.prometheus import Exposition
 from exporter.simulator.server import DeviceSpec
+from harness.servers import Prometheus, require_binary
 
 from .conftest import ExporterFactory, FleetFactory, fetch, fleet_config
-from .servers import Prometheus, require_binary
 
 PROMETHEUS_CONFIG = """
 global: {{scrape_interval: 1s, scrape_timeout: 900ms, evaluation_interval: 1s}}

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .servers import require_binary
+from harness.servers import require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "rules" / "lektrico.rules.yml"

@@ -1,5 +1,5 @@
 """Security: secrets stay secret, devices cannot send the exporter elsewhere, and the HTTP port
-keeps serving through slow, half-open and oversized requests (issue 7, item 4).
+keeps serving through slow, half-open and oversized requests.
 
 `/probe` refusing targets outside the allow-list and the device page escaping device strings
 are proven in tests/test_web.py; broken configs in tests/test_cli.py.
@@ -34,10 +34,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.app import Exporter
 from exporter.config.schema import parse_config
 from exporter.simulator.server import DeviceSpec
+from harness.processes import PY, Processes, free_port, wait_http
+from harness.procfs import fd_count, rss_bytes
+from harness.servers import require_binary
 
 from .conftest import ExporterFactory, FleetFactory, fetch, fleet_config, override_replies
-from .servers import require_binary
-from .test_reliability import PY, Processes, fd_count, free_port, rss_bytes, wait_http
 
 # ---- secrets never leave --------------------------------------------------------------------
 

@@ -23,8 +23,9 @@ from exporter.cli import main as cli_main
 from exporter.config.schema import Config, parse_config
 from exporter.reading import Reading
 from exporter.simulator.server import ControlServer, DeviceSpec, SimulatedFleet
+from harness.processes import free_port
+from harness.servers import VictoriaMetrics, unavailable
 from tests.conftest import fetch, override_replies
-from tests.servers import VictoriaMetrics, free_port, unavailable
 
 SPEED = 240.0  # simulated seconds a second: a session in a few seconds
 POLL = "poll: {interval: 250ms, timeout: 200ms}"

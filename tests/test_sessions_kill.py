@@ -17,7 +17,7 @@ import pytest
 
 from exporter.sessions.store import Store
 from exporter.simulator.server import DeviceSpec, SimulatedFleet
-from tests.servers import free_port
+from harness.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEED = 200.0  # a downtime (at most ~1.8 s) is shorter than any whole session (365 s simulated)

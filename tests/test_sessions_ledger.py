@@ -22,7 +22,7 @@ from exporter.device.normalise import extract, normalise_reply
 from exporter.reading import Reading, Sample
 from exporter.sessions.ledger import ANOMALIES, Ledger, Session, trapezoid
 from exporter.simulator.device import Charger, ManualClock, make_device
-from tests.servers import unavailable
+from harness.servers import unavailable
 
 INTERVAL = 15.0
 EPOCH = 1_790_000_000.0  # unix time of clock 0

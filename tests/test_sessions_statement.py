@@ -20,8 +20,8 @@ from exporter.reading import Reading, Sample
 from exporter.sessions.ledger import Ledger, Session
 from exporter.sessions.store import Batch, Store, session_row
 from exporter.sessions.tariffs import build_tariffs
+from harness.processes import free_port
 from tests.conftest import fetch
-from tests.servers import free_port
 
 ZONE = ZoneInfo("Europe/Bucharest")
 TARIFFS = (

@@ -21,7 +21,7 @@ from exporter.sessions.store import (
     default_path,
     session_row,
 )
-from tests.servers import free_port
+from harness.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

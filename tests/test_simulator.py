@@ -29,8 +29,7 @@ from exporter.simulator import (
 )
 from exporter.simulator.cli import add_arguments, plan_fleet
 from exporter.simulator.server import ControlServer
-
-from .conftest import free_port
+from harness.processes import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 CHARGER_PROFILES = ("1p7k-old", "1p7k", "1p7k-partial", "3p22k")

@@ -23,9 +23,10 @@ import pytest
 from exporter.app import Exporter
 from exporter.config.schema import parse_config
 from exporter.simulator.server import DeviceSpec, SimulatedFleet
+from harness.processes import free_port
+from harness.servers import require_binary, unavailable
 
-from .conftest import free_port, override_replies
-from .servers import require_binary, unavailable
+from .conftest import override_replies
 
 ARTIFACTS = Path(os.environ.get("ARTIFACTS_DIR", Path(__file__).parent.parent / "test-artifacts"))
 HOSTILE_ALIAS = "<img src=x id=pwned onerror=\"document.title='pwned'\">"

@@ -32,8 +32,9 @@ from exporter import app as app_module
 from exporter import web as web_module
 from exporter.config.schema import load_config, parse_config
 from exporter.simulator.server import DeviceSpec, SimulatedFleet
+from harness.processes import free_port
 
-from .conftest import ExporterFactory, FleetFactory, fleet_config, free_port
+from .conftest import ExporterFactory, FleetFactory, fleet_config
 from .test_web import families, wait_all_up
 
 PY = sys.executable

@@ -41,8 +41,9 @@ from exporter.web.webconfig import (
     middlewares,
     ssl_context,
 )
+from harness.processes import free_port
 
-from .conftest import ExporterFactory, FleetFactory, fleet_config, free_port
+from .conftest import ExporterFactory, FleetFactory, fleet_config
 
 USER = "prometheus"
 PASSWORD = "correct horse: battery staple"  # a colon is legal in a password

@@ -1,4 +1,4 @@
-"""Real time-series servers for the tests: VictoriaMetrics, InfluxDB 1.x and Prometheus.
+"""Real time-series servers for tests and benchmarks: VictoriaMetrics, InfluxDB 1.x, Prometheus.
 
 Each server runs as a subprocess on 127.0.0.1 on a free port, with its data in a directory the
 test owns, and is ready when `start()` returns. `stop()` ends it gracefully, `kill()` with
@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Sequence
@@ -31,6 +30,8 @@ from typing import Any, NoReturn
 
 import aiohttp
 import pytest
+
+from harness.processes import free_port
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
@@ -50,13 +51,6 @@ def require_binary(path: str) -> str:
     if found:
         return found
     unavailable(f"{path} is not installed (Debian package; see scripts/install-system-deps.sh)")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Server:
