@@ -79,7 +79,9 @@ async def test_hanging_charger_does_not_delay_others(make_fleet: FleetFactory) -
     polls = Counter(r.device for r in healthy)
     assert all(polls[f"ok{i}"] >= 4 for i in range(12)), polls
     assert all(r.up for r in healthy)
-    assert max(r.duration for r in healthy) < 0.1  # the hanging ones take 0.3 s each
+    # A healthy poll waiting on a hung one would take its 0.3 s; a first poll (eight requests)
+    # on a loaded machine takes up to ~0.15 s.
+    assert max(r.duration for r in healthy) < 0.25
     assert hung and all(not r.up and r.reason == "timeout" for r in hung)
     assert min(r.duration for r in hung) >= 0.29
 

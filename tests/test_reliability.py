@@ -60,6 +60,9 @@ HEALTH = frozenset(
         "lektrico_method_errors_total",
         "lektrico_values_dropped_total",
     }
+    # The exporter's derived counters (sessions, energy, cost) are kept while a device is down:
+    # they come from its state store, not from the device, and must not reset.
+    | {m.name for m in cat.CATALOGUE if isinstance(m.extract, cat.Derived)}
 )
 
 

@@ -170,10 +170,13 @@ def shot(browser: Any, name: str) -> None:
 
 
 def rows(browser: Any) -> list[str]:
-    return [
-        tr.get_attribute("data-device")
-        for tr in browser.find_elements("css selector", "#devices tbody tr[data-device]")
-    ]
+    # In one script: the table is redrawn every few seconds, and element handles found before a
+    # redraw are stale after it.
+    names: list[str] = browser.execute_script(
+        "return [...document.querySelectorAll('#devices tbody tr[data-device]')]"
+        ".map(tr => tr.dataset.device)"
+    )
+    return names
 
 
 def loaded(browser: Any, url: str) -> None:
@@ -195,10 +198,10 @@ def test_summary_counts_the_fleet(browser: Any, site: str) -> None:
 
 def test_rows_show_state_in_words_and_errors_with_hints(browser: Any, site: str) -> None:
     loaded(browser, site + "/")
-    cells = {
-        tr.get_attribute("data-device"): tr.text
-        for tr in browser.find_elements("css selector", "#devices tbody tr[data-device]")
-    }
+    cells: dict[str, str] = browser.execute_script(
+        "return Object.fromEntries([...document.querySelectorAll('#devices tbody tr[data-device]')]"
+        ".map(tr => [tr.dataset.device, tr.innerText]))"
+    )
     assert "Error: overtemperature" in cells["hot-one"]
     assert "Cannot connect" in cells["unplugged"] or "Connection refused" in cells["unplugged"]
     assert "No answer in time" in cells["stuck"]
