@@ -62,8 +62,10 @@ async def test_several_listen_addresses_a_telemetry_path_and_json_logs(
     fleet = await make_fleet([DeviceSpec("c1", "1p7k")], frozen=True)
     first, second = free_port(), free_port()
     config = write_config(tmp_path / "c.yml", "poll: {interval: 1s, timeout: 500ms}\n")
+    dead = f"127.0.0.1:{free_port()}"
     proc = spawn(
         fleet.host("c1"),
+        dead,
         "--config.file",
         config,
         "--web.listen-address",
@@ -97,6 +99,13 @@ async def test_several_listen_addresses_a_telemetry_path_and_json_logs(
     assert code == 0, err
     lines = [json.loads(line) for line in err.splitlines() if line.strip()]
     assert lines and all({"ts", "level", "logger", "msg"} <= set(line) for line in lines)
+    # Device, method, reason and duration are fields of their own, not only words in msg.
+    down = [line for line in lines if line.get("device") == dead and line["level"] == "warning"]
+    assert down and down[0]["reason"] == "connect" and down[0]["method"], down
+    replies = [line for line in lines if line.get("device") == fleet.host("c1") and "bytes" in line]
+    assert replies and all(line["method"].endswith(".Get") for line in replies)
+    failed = [line for line in lines if line.get("device") == dead and "duration" in line]
+    assert failed and failed[0]["level"] == "debug"
 
 
 async def test_a_rejected_reload_shows_in_the_metrics(tmp_path: Path) -> None:

@@ -322,6 +322,28 @@ def test_start_times_are_spread_over_the_interval() -> None:
     assert len(buckets) == 15 and max(buckets.values()) < 110  # ~67 a second, none crowded
 
 
+@pytest.mark.parametrize("fleet_size", [3, 12])
+async def test_a_small_fleet_is_polled_at_once_a_large_one_spread(
+    make_fleet: FleetFactory, fleet_size: int
+) -> None:
+    """Polls start at once when the fleet fits in the poll slots (a home owner's first
+    reading), spread over the interval when it does not (no burst at a fleet's start)."""
+    fleet = await make_fleet([DeviceSpec(f"d{i}", "1p7k") for i in range(fleet_size)], frozen=True)
+    readings: list[Reading] = []
+    settings = PollSettings(interval=60.0, timeout=2.0, concurrency=4)
+    poller = Poller(settings, [readings.append])
+    poller.set_targets(targets(fleet))
+    try:
+        await run_poller(poller, 1.0)
+    finally:
+        await poller.close()
+    polled = {r.device for r in readings}
+    if fleet_size <= settings.concurrency:
+        assert polled == set(fleet.names)
+    else:  # spread over 60 s: about one in 60 starts in the first second
+        assert len(polled) < fleet_size // 2
+
+
 async def test_reload_keeps_unchanged_devices(make_fleet: FleetFactory) -> None:
     fleet = await make_fleet([DeviceSpec(n, "1p7k") for n in ("a", "b", "c")], frozen=True)
     removed: list[str] = []

@@ -18,12 +18,16 @@ size cap applies to the decoded reply.
 from __future__ import annotations
 
 import json
+import logging
 import re
+import time
 import zlib
 from typing import Any
 
 import aiohttp
 from yarl import URL
+
+log = logging.getLogger("lektrico.device")
 
 MAX_REPLY_BYTES = 64 * 1024
 # The encodings asked for, and decoded; anything else a device sends is an http error.
@@ -79,7 +83,9 @@ class DeviceClient:
         *,
         auth: aiohttp.BasicAuth | None = None,
         max_reply_bytes: int = MAX_REPLY_BYTES,
+        name: str = "",
     ) -> None:
+        self.name = name  # the device's, for debug logs
         self._session = session
         self._base = base_url.rstrip("/")
         self._auth = auth
@@ -117,6 +123,26 @@ class DeviceClient:
         # misses on a large fleet. Not kept per method either (~6 KB a device).
         url = self._base_url.with_path(f"{self._prefix}/rpc/{wire_name}", encoded=True)
         self.requests += 1
+        started = time.perf_counter()
+        try:
+            return await self._send(url, method)
+        except PollError as exc:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "%s %s failed: %s",
+                    self.name,
+                    wire_name,
+                    exc.message,
+                    extra={
+                        "device": self.name,
+                        "method": wire_name,
+                        "reason": exc.reason,
+                        "duration": round(time.perf_counter() - started, 4),
+                    },
+                )
+            raise
+
+    async def _send(self, url: URL, method: str) -> dict[str, Any]:
         try:
             async with self._session.get(
                 url,
@@ -145,6 +171,14 @@ class DeviceClient:
             raise PollError(
                 "connect", one_line(str(exc) or type(exc).__name__, 120), method
             ) from None
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "%s %s: %d bytes",
+                self.name,
+                url.name,
+                len(body),
+                extra={"device": self.name, "method": url.name, "bytes": len(body)},
+            )
         return decode_reply(body, method)
 
     @staticmethod

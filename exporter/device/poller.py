@@ -402,7 +402,12 @@ class DevicePoller:
 
     def _succeeded(self, st: DeviceState, ctx: _Poll, wall: float) -> None:
         if st.failures and st.reading is not None:
-            log.info("device %s is up again after %d failed polls", st.name, st.failures)
+            log.info(
+                "device %s is up again after %d failed polls",
+                st.name,
+                st.failures,
+                extra={"device": st.name, "failures": st.failures},
+            )
         replies = {**st.replies, **ctx.fresh}
         for method in st.unsupported | ctx.failed:
             replies.pop(method, None)
@@ -415,7 +420,13 @@ class DevicePoller:
         st.errors[failure.reason] += 1
         st.error_samples = None
         if st.failures == 0:
-            log.warning("device %s is down: %s: %s", st.name, failure.reason, failure)
+            log.warning(
+                "device %s is down: %s: %s",
+                st.name,
+                failure.reason,
+                failure,
+                extra={"device": st.name, "method": failure.method, "reason": failure.reason},
+            )
         st.failures += 1
 
     def _reading(
@@ -432,7 +443,15 @@ class DevicePoller:
             )
         if st.replies:
             groups = HEALTH_ONLY if failure else HEALTH_AND_LIVE
+            before = sum(st.dropped.values()) if log.isEnabledFor(logging.DEBUG) else None
             samples.extend(extract(model, st.replies, st.dropped, groups, st.memo, wall))
+            if before is not None and sum(st.dropped.values()) > before:
+                log.debug(
+                    "device %s: values dropped, by reason so far: %s",
+                    st.name,
+                    dict(st.dropped),
+                    extra={"device": st.name},
+                )
         if st.method_samples is None:  # made again only when what is known of methods changed
             st.method_samples = method_samples(st)
         supported, errors = st.method_samples
@@ -542,7 +561,9 @@ class Poller:
         self._on_remove.append(callback)
 
     def _state(self, target: Target, session: aiohttp.ClientSession | None = None) -> DeviceState:
-        client = DeviceClient(session or self.session, target.base_url, auth=target.auth)
+        client = DeviceClient(
+            session or self.session, target.base_url, auth=target.auth, name=target.name
+        )
         return DeviceState(target, client)
 
     def set_targets(self, targets: Iterable[Target]) -> None:
@@ -552,10 +573,14 @@ class Poller:
             if name not in wanted or self.devices[name].target != wanted[name]:
                 self._remove(name)
         now = time.monotonic()
+        # A fleet that fits in the poll slots is polled at once (a home owner's first reading
+        # should not wait up to an interval); a larger one starts spread over an interval.
+        spread_out = len(wanted) > self.settings.concurrency
         for name, target in wanted.items():
             if name not in self.devices:
                 self.devices[name] = self._state(target)
-                self._push(now + spread(name, self.settings.interval), name)
+                start = spread(name, self.settings.interval) if spread_out else 0.0
+                self._push(now + start, name)
         self.metrics.devices_configured.set(len(self.devices))
         self._index_addresses()
         self._wake.set()
