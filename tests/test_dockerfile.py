@@ -87,13 +87,32 @@ def test_hadolint_finds_nothing_to_warn_about() -> None:
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
 
 
-def test_two_stages_on_the_same_pinned_slim_python_311() -> None:
-    froms = [args.split()[0] for kw, args in instructions(DOCKERFILE.read_text()) if kw == "FROM"]
+def test_two_stages_on_one_base_a_pinned_slim_python_311_by_default() -> None:
+    all_instructions = instructions(DOCKERFILE.read_text())
+    froms = [args.split()[0] for kw, args in all_instructions if kw == "FROM"]
+    # Before the first FROM: the base is a build argument (a local base where no registry is).
+    global_args = dict(args.partition("=")[::2] for kw, args in all_instructions[:1] if kw == "ARG")
+    default = global_args.get("BASE_IMAGE", "")
 
     assert len(froms) == 2
-    assert len(set(froms)) == 1, "builder and final stage must share one base image"
-    assert fnmatch.fnmatch(froms[0], "python:3.11.*-slim*"), froms[0]
-    assert froms[0].split(":")[1].split("-")[0].count(".") == 2, "pin the patch version"
+    assert set(froms) == {"${BASE_IMAGE}"}, "builder and final stage must share one base image"
+    assert fnmatch.fnmatch(default, "python:3.11.*-slim*"), default
+    assert default.split(":")[1].split("-")[0].count(".") == 2, "pin the patch version"
+
+
+def test_builder_installs_only_hash_pinned_requirements() -> None:
+    builder = stages(DOCKERFILE.read_text())[0]
+    run = only(builder, "RUN")
+    installs = [part for part in run.split("&&") if " install " in part]
+
+    assert len(installs) == 3, installs
+    assert all("--require-hashes" in p or "--no-index" in p for p in installs), installs
+    for lock in ("requirements.lock", "requirements-build.lock"):
+        text = (ROOT / lock).read_text()
+        pins = [line for line in text.splitlines() if line and line[0].isalpha()]
+        assert pins and all("==" in line for line in pins), lock
+        assert text.count("--hash=sha256:") >= len(pins), lock
+        assert f"-r {lock}" in run
 
 
 def test_final_stage_takes_only_the_venv_from_the_builder(final: list[Instruction]) -> None:
