@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -263,7 +264,8 @@ def test_kubernetes_deployment_matches_the_image_and_the_exporter() -> None:
     container = pod["containers"][0]
     config = parse_config(docs["ConfigMap"]["data"]["config.yml"])
 
-    assert set(docs) == {"Kustomization", "ConfigMap", "Deployment", "Service", "ServiceMonitor"}
+    # Any cluster: nothing of the Prometheus Operator's unless its component is asked for.
+    assert set(docs) == {"Kustomization", "ConfigMap", "Deployment", "Service"}
     assert pod["securityContext"]["runAsUser"] == int(UID)
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
@@ -278,8 +280,11 @@ def test_kubernetes_deployment_matches_the_image_and_the_exporter() -> None:
 def test_kubernetes_service_and_servicemonitor_point_at_the_container_port() -> None:
     docs = manifests()
     service = docs["Service"]["spec"]
-    endpoints = docs["ServiceMonitor"]["spec"]["endpoints"]
+    component = ROOT / "deploy/kubernetes/servicemonitor"
+    monitor = yaml.safe_load((component / "servicemonitor.yaml").read_text())
+    endpoints = monitor["spec"]["endpoints"]
     kustomized = docs["Kustomization"]["resources"]
+    optional = yaml.safe_load((component / "kustomization.yaml").read_text())
 
     assert service["ports"][0]["targetPort"] == "http"
     assert [e["port"] for e in endpoints] == ["http"]
@@ -289,3 +294,32 @@ def test_kubernetes_service_and_servicemonitor_point_at_the_container_port() -> 
         for p in (ROOT / "deploy/kubernetes").glob("*.yaml")
         if p.name != "kustomization.yaml"
     )
+    assert "components" not in docs["Kustomization"]  # optional: the user adds it
+    assert (optional["kind"], optional["resources"]) == ("Component", ["servicemonitor.yaml"])
+
+
+def mebibytes(quantity: str) -> float:
+    units = {"Mi": 1.0, "Gi": 1024.0, "M": 1e6 / 2**20, "G": 1e9 / 2**20}
+    for unit, factor in units.items():
+        if quantity.endswith(unit) and quantity[: -len(unit)].isdigit():
+            return int(quantity[: -len(unit)]) * factor
+    raise AssertionError(f"unexpected quantity {quantity!r}")
+
+
+def test_kubernetes_memory_fits_the_measured_figures_for_a_thousand_devices() -> None:
+    container = manifests()["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    resources = container["resources"]
+    figures = (ROOT / "docs/performance.md").read_text()
+    # docs/performance.md: RSS of the exporter with no devices, and at 1,000 devices.
+    idle = re.search(r"(\d+) MB of it the exporter with none", figures)
+    thousand = re.search(r"RSS per device \(RSS\) \| [\d.]+ KB \((\d+) MB\)", figures)
+    assert idle and thousand, "docs/performance.md no longer gives the RSS figures"
+    idle_mb, thousand_mb = float(idle[1]), float(thousand[1])
+    request = mebibytes(resources["requests"]["memory"])
+    limit = mebibytes(resources["limits"]["memory"])
+
+    assert idle_mb < thousand_mb
+    assert thousand_mb * 1e6 / 2**20 <= request <= 1.25 * thousand_mb * 1e6 / 2**20 + 16
+    assert limit >= 2 * request
+    text = (ROOT / "deploy/kubernetes/deployment.yaml").read_text()
+    assert "docs/performance.md" in text and f"{idle_mb:.0f} MB" in text
