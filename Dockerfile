@@ -1,20 +1,36 @@
-# lektrico-exporter image: docs/deployment.md shows how to run it.
+# lektrico-exporter image: docs/deployment.md shows how to build and run it.
 #   docker build -t lektrico-exporter .
-# Both stages use the same pinned base, so the venv built in the first runs unchanged in the second.
+#   podman build --format docker --build-arg BASE_IMAGE=localhost/debian-python:bookworm .
+# Both stages use the same base, so the venv built in the first runs unchanged in the second.
+# Any Debian-like base with python3 (and its venv module) works; scripts/build-image.sh makes one
+# with mmdebstrap where no registry is reachable.
+ARG BASE_IMAGE=python:3.11.14-slim-bookworm
 
-FROM python:3.11.14-slim-bookworm AS builder
+FROM ${BASE_IMAGE} AS builder
+# Where pip downloads from. Only this stage sees it; the final stage starts again from the base.
+# A CA bundle for the index goes in as the build secret `pip-ca`, which no layer keeps.
+ARG PIP_INDEX_URL=https://pypi.org/simple
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY requirements-build.lock requirements.lock pyproject.toml README.md ./
 COPY exporter ./exporter
-# The venv gets no pip of its own: the builder's pip installs into it, and the image stays smaller.
-RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
-    && python -m venv --without-pip /opt/venv \
-    && python -m pip --python /opt/venv/bin/python install /wheels/*.whl
+# Every download is checked against a hash in the lock files (so the image is reproducible); the
+# exporter's own wheel is built from this source without build isolation, with the pinned tools.
+# The venv gets no pip of its own: the build venv's pip installs into it.
+RUN --mount=type=secret,id=pip-ca,target=/run/secrets/pip-ca \
+    if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
+    && python3 -m venv /opt/build \
+    && /opt/build/bin/python -m pip install --require-hashes --no-deps -r requirements-build.lock \
+    && /opt/build/bin/python -m pip wheel --no-deps --no-build-isolation --wheel-dir /wheels . \
+    && python3 -m venv --without-pip /opt/venv \
+    && /opt/build/bin/python -m pip --python /opt/venv/bin/python install \
+       --require-hashes --no-deps -r requirements.lock \
+    && /opt/build/bin/python -m pip --python /opt/venv/bin/python install \
+       --no-deps --no-index /wheels/*.whl
 
-FROM python:3.11.14-slim-bookworm
+FROM ${BASE_IMAGE}
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="lektrico-exporter" \
       org.opencontainers.image.description="Prometheus and InfluxDB exporter for Lektri.co EV chargers and energy meters" \

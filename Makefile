@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: demo test lint typecheck pytest deps system-deps npm-deps bench docs dashboards clean
+.PHONY: demo lock image test lint typecheck pytest deps system-deps npm-deps bench docs dashboards clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,8 +13,30 @@ $(BIN)/.installed: pyproject.toml
 
 deps: $(BIN)/.installed
 
-demo: deps
-	$(BIN)/lektrico-exporter --demo 20
+# The demo gets a venv of its own with only what the exporter needs (no test or bench tools), so a
+# first look installs in seconds.
+DEMO_VENV ?= .venv-demo
+$(DEMO_VENV)/bin/.installed: pyproject.toml
+	$(PYTHON) -m venv $(DEMO_VENV)
+	$(DEMO_VENV)/bin/python -m pip install -q -e .
+	touch $@
+
+demo: $(DEMO_VENV)/bin/.installed
+	$(DEMO_VENV)/bin/lektrico-exporter --demo 20
+
+# Refresh the image's lock files: the newest releases that pyproject.toml allows, with the hash
+# of every file of each (so any platform's build checks what it downloads). Commit the result.
+LOCK_VENV ?= .venv-lock
+COMPILE = $(LOCK_VENV)/bin/pip-compile -q --upgrade --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links
+lock:
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install -q pip-tools
+	$(COMPILE) --output-file requirements.lock pyproject.toml
+	$(COMPILE) --allow-unsafe --output-file requirements-build.lock requirements-build.in
+
+# The container image with podman on a Debian base made here (no registry needed).
+image: system-deps
+	bash scripts/build-image.sh
 
 system-deps:
 	bash scripts/install-system-deps.sh
@@ -44,4 +66,4 @@ bench: deps system-deps
 	$(BIN)/python -m bench.run
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache node_modules
+	rm -rf $(VENV) $(DEMO_VENV) $(LOCK_VENV) .mypy_cache .pytest_cache .ruff_cache node_modules

@@ -64,7 +64,7 @@ def parser() -> argparse.ArgumentParser:
         "--demo",
         metavar="N",
         type=int,
-        help="start N simulated devices on 127.0.0.1 and export them",
+        help="start N simulated devices (and 3 faulty ones) on 127.0.0.1 and export them",
     )
     p.add_argument(
         "--shard", metavar="I/N", help="poll only this replica's share of the devices (0 <= I < N)"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -86,13 +87,32 @@ def test_hadolint_finds_nothing_to_warn_about() -> None:
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
 
 
-def test_two_stages_on_the_same_pinned_slim_python_311() -> None:
-    froms = [args.split()[0] for kw, args in instructions(DOCKERFILE.read_text()) if kw == "FROM"]
+def test_two_stages_on_one_base_a_pinned_slim_python_311_by_default() -> None:
+    all_instructions = instructions(DOCKERFILE.read_text())
+    froms = [args.split()[0] for kw, args in all_instructions if kw == "FROM"]
+    # Before the first FROM: the base is a build argument (a local base where no registry is).
+    global_args = dict(args.partition("=")[::2] for kw, args in all_instructions[:1] if kw == "ARG")
+    default = global_args.get("BASE_IMAGE", "")
 
     assert len(froms) == 2
-    assert len(set(froms)) == 1, "builder and final stage must share one base image"
-    assert fnmatch.fnmatch(froms[0], "python:3.11.*-slim*"), froms[0]
-    assert froms[0].split(":")[1].split("-")[0].count(".") == 2, "pin the patch version"
+    assert set(froms) == {"${BASE_IMAGE}"}, "builder and final stage must share one base image"
+    assert fnmatch.fnmatch(default, "python:3.11.*-slim*"), default
+    assert default.split(":")[1].split("-")[0].count(".") == 2, "pin the patch version"
+
+
+def test_builder_installs_only_hash_pinned_requirements() -> None:
+    builder = stages(DOCKERFILE.read_text())[0]
+    run = only(builder, "RUN")
+    installs = [part for part in run.split("&&") if " install " in part]
+
+    assert len(installs) == 3, installs
+    assert all("--require-hashes" in p or "--no-index" in p for p in installs), installs
+    for lock in ("requirements.lock", "requirements-build.lock"):
+        text = (ROOT / lock).read_text()
+        pins = [line for line in text.splitlines() if line and line[0].isalpha()]
+        assert pins and all("==" in line for line in pins), lock
+        assert text.count("--hash=sha256:") >= len(pins), lock
+        assert f"-r {lock}" in run
 
 
 def test_final_stage_takes_only_the_venv_from_the_builder(final: list[Instruction]) -> None:
@@ -243,7 +263,8 @@ def test_kubernetes_deployment_matches_the_image_and_the_exporter() -> None:
     container = pod["containers"][0]
     config = parse_config(docs["ConfigMap"]["data"]["config.yml"])
 
-    assert set(docs) == {"Kustomization", "ConfigMap", "Deployment", "Service", "ServiceMonitor"}
+    # Any cluster: nothing of the Prometheus Operator's unless its component is asked for.
+    assert set(docs) == {"Kustomization", "ConfigMap", "Deployment", "Service"}
     assert pod["securityContext"]["runAsUser"] == int(UID)
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
@@ -258,8 +279,11 @@ def test_kubernetes_deployment_matches_the_image_and_the_exporter() -> None:
 def test_kubernetes_service_and_servicemonitor_point_at_the_container_port() -> None:
     docs = manifests()
     service = docs["Service"]["spec"]
-    endpoints = docs["ServiceMonitor"]["spec"]["endpoints"]
+    component = ROOT / "deploy/kubernetes/servicemonitor"
+    monitor = yaml.safe_load((component / "servicemonitor.yaml").read_text())
+    endpoints = monitor["spec"]["endpoints"]
     kustomized = docs["Kustomization"]["resources"]
+    optional = yaml.safe_load((component / "kustomization.yaml").read_text())
 
     assert service["ports"][0]["targetPort"] == "http"
     assert [e["port"] for e in endpoints] == ["http"]
@@ -269,3 +293,32 @@ def test_kubernetes_service_and_servicemonitor_point_at_the_container_port() -> 
         for p in (ROOT / "deploy/kubernetes").glob("*.yaml")
         if p.name != "kustomization.yaml"
     )
+    assert "components" not in docs["Kustomization"]  # optional: the user adds it
+    assert (optional["kind"], optional["resources"]) == ("Component", ["servicemonitor.yaml"])
+
+
+def mebibytes(quantity: str) -> float:
+    units = {"Mi": 1.0, "Gi": 1024.0, "M": 1e6 / 2**20, "G": 1e9 / 2**20}
+    for unit, factor in units.items():
+        if quantity.endswith(unit) and quantity[: -len(unit)].isdigit():
+            return int(quantity[: -len(unit)]) * factor
+    raise AssertionError(f"unexpected quantity {quantity!r}")
+
+
+def test_kubernetes_memory_fits_the_measured_figures_for_a_thousand_devices() -> None:
+    container = manifests()["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    resources = container["resources"]
+    figures = (ROOT / "docs/performance.md").read_text()
+    # docs/performance.md: RSS of the exporter with no devices, and at 1,000 devices.
+    idle = re.search(r"(\d+) MB of it the exporter with none", figures)
+    thousand = re.search(r"RSS per device \(RSS\) \| [\d.]+ KB \((\d+) MB\)", figures)
+    assert idle and thousand, "docs/performance.md no longer gives the RSS figures"
+    idle_mb, thousand_mb = float(idle[1]), float(thousand[1])
+    request = mebibytes(resources["requests"]["memory"])
+    limit = mebibytes(resources["limits"]["memory"])
+
+    assert idle_mb < thousand_mb
+    assert thousand_mb * 1e6 / 2**20 <= request <= 1.25 * thousand_mb * 1e6 / 2**20 + 16
+    assert limit >= 2 * request
+    text = (ROOT / "deploy/kubernetes/deployment.yaml").read_text()
+    assert "docs/performance.md" in text and f"{idle_mb:.0f} MB" in text

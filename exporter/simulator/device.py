@@ -536,6 +536,15 @@ class Charger(Device):
         self._sync()
         return self._segment.state
 
+    def hold_error(self, cause: str, seconds: float = 365 * 86400.0) -> None:
+        """Go to state E now with `cause` among the active errors, for `seconds` of device
+        time, then resume the usual script (the demo's charger with an active error)."""
+        if cause not in ERROR_FLAGS:
+            raise ValueError(f"unknown error {cause!r}; known: {', '.join(ERROR_FLAGS)}")
+        self._sync()
+        self._enter(_Segment("E", seconds, self._grid(), error=cause))
+        self._cache.clear()
+
     # --- simulation -------------------------------------------------------------------
 
     def _advance(self, t: float) -> bool:
