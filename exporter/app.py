@@ -20,8 +20,7 @@ from exporter.config.schema import Config, ConfigError, DeviceConfig, DeviceFile
 from exporter.device import sharding
 from exporter.device.discovery import Discovery, DiscoveryError, merge
 from exporter.device.poller import Poller, PollSettings, Sink, Target, pool_limit
-from exporter.outputs import Output, build_outputs
-from exporter.outputs.influx.writer import InfluxWriter
+from exporter.outputs import LineSink, Output, build_outputs
 from exporter.outputs.prometheus import Exposition
 from exporter.sessions.stage import SessionsStage
 from exporter.web.server import BACKLOG, ListenError, ProbePolicy, Web, listen
@@ -70,7 +69,7 @@ def sessions_stage(config: Config, outputs: list[Output]) -> SessionsStage | Non
     if not config.state.enabled:
         return None
     for output in outputs:
-        if isinstance(output, InfluxWriter):
+        if isinstance(output, LineSink):
             influx = config.influxdb
             assert influx is not None
             return SessionsStage(

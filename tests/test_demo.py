@@ -20,8 +20,9 @@ import pytest
 from exporter.config.schema import parse_config
 from exporter.demo import DEMO_LISTEN, FAULTY, demo_config, demo_specs
 from exporter.simulator.server import SimulatedFleet
+from harness.processes import free_port
 
-from .conftest import fetch, free_port
+from .conftest import fetch
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from .servers import free_port, unavailable
+from harness.processes import free_port
+from harness.servers import unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 TAG = "localhost/lektrico-exporter:dev"  # the name deploy/docker-compose.yml runs

@@ -9,7 +9,7 @@ needs no scraper.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from exporter.reading import Reading
 
@@ -33,6 +33,14 @@ class Output(Protocol):
 
     async def close(self) -> None:
         """Write out what is buffered and close; called once, at shutdown."""
+
+
+@runtime_checkable
+class LineSink(Protocol):
+    """An output that also takes ready-made line-protocol points (finished sessions)."""
+
+    def publish_lines(self, data: bytes) -> None:
+        """Queue newline-terminated points; must return at once."""
 
 
 def build_outputs(config: Config, metrics: SelfMetrics) -> list[Output]:

@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import bcrypt
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
@@ -260,6 +259,8 @@ class _Credentials:
         self._hashes = {name.encode(): hashed.encode() for name, hashed in users.items()}
         # Capped: a decoy of cost 31 would take days to make, for a user who could never log in.
         cost = min(max(_cost(hashed) for hashed in users.values()), 12)
+        import bcrypt  # only with basic auth on: most exporters have none
+
         self._decoy = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(cost))
         self._verified: OrderedDict[bytes, None] = OrderedDict()
         self._refused: OrderedDict[bytes, None] = OrderedDict()
@@ -316,6 +317,8 @@ def _parse_basic(header: str | None) -> tuple[bytes, bytes] | None:
 
 
 def _checkpw(password: bytes, hashed: bytes) -> bool:
+    import bcrypt
+
     try:
         return bcrypt.checkpw(password, hashed)
     except ValueError:  # longer than bcrypt's 72 bytes, which no stored hash can match
