@@ -273,22 +273,25 @@ class Web:
         return web.Response(body=body, headers=VARY)
 
     async def api_sessions(self, request: web.Request) -> web.Response:
-        if self.sessions is None:
-            return web.Response(status=404, text="the state store is off (state.enabled)\n")
-        try:
-            found = await _query_sessions(self.sessions, request)
-        except SessionQueryError as exc:
-            return web.Response(status=400, text=f"{exc}\n")
+        found = await self._sessions_asked(request)
+        if isinstance(found, web.Response):
+            return found
         return web.json_response({"sessions": [statement.row(s) for s in found]})
 
     async def api_sessions_csv(self, request: web.Request) -> web.Response:
+        found = await self._sessions_asked(request)
+        if isinstance(found, web.Response):
+            return found
+        return web.Response(text=statement.to_csv(found), content_type="text/csv")
+
+    async def _sessions_asked(self, request: web.Request) -> list[Session] | web.Response:
+        """The sessions a request asks for, or the answer that says why there are none."""
         if self.sessions is None:
             return web.Response(status=404, text="the state store is off (state.enabled)\n")
         try:
-            found = await _query_sessions(self.sessions, request)
+            return await _query_sessions(self.sessions, request)
         except SessionQueryError as exc:
             return web.Response(status=400, text=f"{exc}\n")
-        return web.Response(text=statement.to_csv(found), content_type="text/csv")
 
     async def sessions_page(self, request: web.Request) -> web.Response:
         if self.sessions is None:
