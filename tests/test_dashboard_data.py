@@ -251,7 +251,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         if exporter is not None:
             runner.run(exporter.stop())
         if writer is not None:
-            runner.run(writer.stop())
+            runner.run(writer.close())
         runner.run(fleet.stop())
         if servers is not None:
             runner.run(stop_servers(servers))

@@ -155,11 +155,17 @@ async def test_concurrent_probes_share_one_poll(
     fleet = await make_fleet([DeviceSpec("c1", "1p7k", fault="slow:0.3")], frozen=True)
     exp = await make_exporter(fleet_config(fleet, poll="{interval: 60s, timeout: 5s}"))
     url = f"http://127.0.0.1:{exp.port}/probe?target=c1"
-    for _ in range(4):  # until the slow methods a first poll leaves over are in
-        await fetch(url)
     st = exp.poller.devices["c1"]
-    assert st.reading is not None  # older than the interval: the next probe polls
-    st.reading = dataclasses.replace(st.reading, time=st.reading.time - 120)
+
+    def age() -> None:  # older than the interval: the next probe polls
+        assert st.reading is not None
+        st.reading = dataclasses.replace(st.reading, time=st.reading.time - 120)
+
+    await fetch(url)
+    for _ in range(4):  # until the slow methods a first poll leaves over are in
+        age()
+        await fetch(url)
+    age()
     before = len(fleet.calls)
     results = await asyncio.gather(*(fetch(url) for _ in range(6)))
     assert all(status == 200 for status, _ in results)

@@ -214,7 +214,7 @@ class DevicePoller:
                 # a device answering nothing right) is checked again at the next good poll.
                 st.fetched.pop("identity", None)
             self._failed(st, failure)
-        reading = self._reading(st, wall, duration, failure)
+        reading = self.reading_of(st, wall, duration, failure)
         st.reading = reading
         return reading
 
@@ -429,7 +429,7 @@ class DevicePoller:
             )
         st.failures += 1
 
-    def _reading(
+    def reading_of(
         self, st: DeviceState, wall: float, duration: float, failure: PollError | None
     ) -> Reading:
         model = st.model or cat.MODELS["unknown"]
@@ -704,9 +704,20 @@ class Poller:
         self.metrics.devices_up.set(len(self._up))
 
     async def poll(self, st: DeviceState, timeout: float | None = None) -> Reading:
-        """Poll now, or join the poll already in flight for this device."""
-        task = st.inflight if st.inflight is not None else self._begin(st, timeout)
-        return await asyncio.shield(task)
+        """Poll now, or join the poll already in flight for this device. A caller with a
+        budget (a scrape's timeout) waits for a joined poll no longer than that: it gets a
+        down reading for the wait, and the poll goes on for the others."""
+        if st.inflight is None:
+            return await asyncio.shield(self._begin(st, timeout))
+        task = st.inflight
+        if timeout is None:
+            return await asyncio.shield(task)
+        try:
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(task)
+        except TimeoutError:
+            failure = PollError("timeout", f"no reply within {timeout:g}s", st.current_method)
+            return self._worker.reading_of(st, time.time() - timeout, timeout, failure)
 
     def find(self, target: str) -> DeviceState | None:
         """A configured device by name, address (host:port) or host."""
