@@ -484,14 +484,14 @@ async def test_a_poll_that_raises_frees_its_slot_for_the_waiting_ones(
 
     poller = Poller(PollSettings(interval=5.0, timeout=2.0, concurrency=1), [sink])
     poller.set_targets(targets(fleet))
-    original = poller._worker._reading
+    original = poller._worker.reading_of
 
     def broken(st: Any, *args: Any) -> Reading:
         if st.name == "c0":
             raise RuntimeError("a bug while building the reading")
         return original(st, *args)
 
-    monkeypatch.setattr(poller._worker, "_reading", broken)
+    monkeypatch.setattr(poller._worker, "reading_of", broken)
     try:
         for name in ("c0", "c1", "c2"):
             poller._schedule(poller.devices[name], time.monotonic())

@@ -125,7 +125,7 @@ class DeviceClient:
         self.requests += 1
         started = time.perf_counter()
         try:
-            return await self._send(url, method)
+            reply = await self._send(url, method)
         except PollError as exc:
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
@@ -141,6 +141,19 @@ class DeviceClient:
                     },
                 )
             raise
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "%s %s answered in %.3f s",
+                self.name,
+                wire_name,
+                time.perf_counter() - started,
+                extra={
+                    "device": self.name,
+                    "method": wire_name,
+                    "duration": round(time.perf_counter() - started, 4),
+                },
+            )
+        return reply
 
     async def _send(self, url: URL, method: str) -> dict[str, Any]:
         try:
