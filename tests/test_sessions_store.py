@@ -22,6 +22,7 @@ from exporter.sessions.store import (
     session_row,
 )
 from harness.processes import free_port
+from harness.servers import unavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -121,7 +122,7 @@ def unwritable(tmp_path: Path) -> Iterator[Path]:
     if os.geteuid() == 0:  # root writes through permissions: make the file immutable instead
         done = subprocess.run(["chattr", "+i", str(db)], capture_output=True, check=False)
         if done.returncode != 0:
-            pytest.skip("cannot make a file unwritable for root here (chattr)")
+            unavailable("cannot make a file unwritable for root here (chattr)")
     else:
         db.chmod(0o444)
         db.parent.chmod(0o555)

@@ -33,6 +33,7 @@ from exporter.config.schema import load_config, parse_config
 from exporter.simulator.server import DeviceSpec, SimulatedFleet
 from exporter.web import server as web_module
 from harness.processes import free_port
+from harness.servers import unavailable
 
 from .conftest import ExporterFactory, FleetFactory, fleet_config
 from .test_web import families, wait_all_up
@@ -212,7 +213,7 @@ def fd_limit(soft: int) -> Iterator[None]:
     """This process's soft open-files limit raised to at least `soft` for the test."""
     was = resource.getrlimit(resource.RLIMIT_NOFILE)
     if was[1] != resource.RLIM_INFINITY and was[1] < soft:
-        pytest.skip(f"hard open-files limit {was[1]} is below {soft}")
+        unavailable(f"hard open-files limit {was[1]} is below {soft}")
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, was[0]), was[1]))
     try:
         yield
