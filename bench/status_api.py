@@ -99,9 +99,16 @@ async def main(args: argparse.Namespace) -> int:
     exp = Exporter(config)
     await exp.start()
     try:
-        for i, st in enumerate(exp.poller.devices.values()):
-            exp.status.publish(reading(i, st.name, st.target.labels))
+        made = [
+            reading(i, st.name, st.target.labels)
+            for i, st in enumerate(exp.poller.devices.values())
+        ]
+        t0 = time.perf_counter()
+        for r in made:
+            exp.status.publish(r)
+        per_reading = (time.perf_counter() - t0) / n
         base = f"http://127.0.0.1:{exp.port}/api/devices"
+        print(f"status board: {per_reading * 1e6:.1f} us a reading (its share of each poll)")
         print(f"/api/devices at {n:,} devices (target at 10,000: 20 ms)")
         async with aiohttp.ClientSession() as session:
             for label, query in QUERIES.items():
