@@ -1,11 +1,12 @@
 """The normalised reading: what a poll of one device produced, and the only thing outputs see.
 
-Data flows one way: device → protocol → normalise → Reading → outputs (Prometheus, InfluxDB,
+Data flows one way: device client → normalise → Reading → outputs (Prometheus, InfluxDB,
 line protocol). Outputs never call devices.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -16,6 +17,12 @@ class Sample(NamedTuple):
     metric: str  # a catalogue name
     labels: Labels  # the metric's own labels (not device/user labels)
     value: float
+
+
+@functools.cache
+def label_pair(name: str, value: str) -> Labels:
+    """The labels ((name, value),) of a catalogue name and value, one tuple for the fleet."""
+    return ((name, value),)
 
 
 @dataclass(frozen=True, slots=True)

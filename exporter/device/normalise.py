@@ -17,14 +17,14 @@ import math
 import sys
 import zoneinfo
 from array import array
-from collections import Counter
-from collections.abc import Mapping
+from collections import ChainMap, Counter
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from exporter.catalogue import table as cat
 from exporter.catalogue.table import Group, Metric, Model
 from exporter.device.client import PollError
-from exporter.reading import Labels, Sample
+from exporter.reading import Labels, Sample, label_pair
 
 Replies = Mapping[str, Mapping[str, Any]]
 KEY_ALIASES = {"state_machine_e_activated": "state_e_activated"}
@@ -120,12 +120,6 @@ def label_value(raw: object) -> str | None:
 # from the catalogue are kept here, so what a device invents cannot grow it.
 _KNOWN_FLAGS = frozenset(cat.ERROR_FLAGS)
 _SHARED: dict[tuple[str, str, str, float], Sample] = {}
-
-
-@functools.cache
-def label_pair(name: str, value: str) -> Labels:
-    """The labels ((name, value),) of a catalogue name and value, one tuple for the fleet."""
-    return ((name, value),)
 
 
 def shared(metric: str, label: str, value: str, number: float) -> Sample:
@@ -568,3 +562,69 @@ def inactive_errors(known: Replies) -> dict[str, bool]:
         if reply:
             return dict.fromkeys(reply, False)
     return dict.fromkeys(cat.ERROR_FLAGS, False)
+
+
+class DeviceReplies:
+    """What one device has said, normalised: the one way from its replies to its samples.
+
+    A poll `clean`s each raw reply as it arrives (and `check_main`s the main one), reads what
+    it decides on from `get` and `switch`, then `merge`s its fresh replies; `samples` gives the
+    catalogue samples of everything known. The keys kept of each reply are the ones the
+    catalogue reads (its rows and `POLLER_INPUTS`): the catalogue is the only list of keys.
+    """
+
+    __slots__ = ("by_method", "memo")
+
+    def __init__(self) -> None:
+        # Replaced, never changed in place: the memo compares the next replies with these.
+        self.by_method: dict[str, dict[str, Any]] = {}
+        self.memo = Memo()
+
+    clean = staticmethod(normalise_reply)
+    check_main = staticmethod(check_main_reply)
+
+    def __bool__(self) -> bool:
+        return bool(self.by_method)
+
+    def __contains__(self, method: object) -> bool:
+        return method in self.by_method
+
+    def methods(self) -> list[str]:
+        return sorted(self.by_method)
+
+    def get(self, method: str) -> Mapping[str, Any]:
+        """A method's last reply; empty when it never answered."""
+        return self.by_method.get(method, {})
+
+    def merge(self, fresh: Mapping[str, dict[str, Any]], drop: Iterable[str] = ()) -> None:
+        """A successful poll's replies over the known ones; the `drop`ped methods forgotten."""
+        replies = {**self.by_method, **fresh}
+        for method in drop:
+            replies.pop(method, None)
+        self.by_method = replies
+
+    def forget(self) -> None:
+        """Everything read from the unit that was at this address before."""
+        self.by_method = {}
+        self.memo = Memo()
+
+    def known(self, fresh: Mapping[str, Mapping[str, Any]]) -> Replies:
+        """The replies known once `fresh` is merged, without merging it."""
+        return ChainMap(fresh, self.by_method)  # type: ignore[arg-type]
+
+    @staticmethod
+    def switch(reply: Mapping[str, Any], key: str) -> bool | None:
+        """A reply's on/off value; None when absent or not a flag."""
+        if key not in reply:
+            return None
+        on, _ = to_number(reply[key], boolean=True)
+        return None if on is None else on == 1.0
+
+    def errors_inactive(self) -> dict[str, bool]:
+        """Active_errors as it must be when Charger_info says has_active_errors is false."""
+        return inactive_errors(self.by_method)
+
+    def samples(
+        self, model: Model, dropped: Counter[str], groups: frozenset[Group], now: float
+    ) -> list[Sample]:
+        return self.memo.extract(model, self.by_method, dropped, groups, now)

@@ -37,7 +37,7 @@ import logging
 import math
 import time
 import zlib
-from collections import ChainMap, Counter, OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,16 +49,8 @@ from exporter.catalogue.selfmetrics import SelfMetrics
 from exporter.catalogue.table import Cadence, Model
 from exporter.config.addresses import BoundedResolver
 from exporter.device.client import DeviceClient, MethodUnknown, PollError
-from exporter.device.normalise import (
-    Memo,
-    check_main_reply,
-    extract,
-    inactive_errors,
-    label_pair,
-    normalise_reply,
-    to_number,
-)
-from exporter.reading import Labels, Reading, Sample
+from exporter.device.normalise import DeviceReplies
+from exporter.reading import Labels, Reading, Sample, label_pair
 
 log = logging.getLogger("lektrico.poller")
 Sink = Callable[[Reading], None]
@@ -99,9 +91,7 @@ class DeviceState:
     target: Target
     client: DeviceClient
     model: Model | None = None
-    # Replaced, never changed in place: `memo` compares the next replies with these.
-    replies: dict[str, dict[str, Any]] = field(default_factory=dict)
-    memo: Memo = field(default_factory=Memo)
+    replies: DeviceReplies = field(default_factory=DeviceReplies)
     fetched: dict[str, float] = field(default_factory=dict)
     unsupported: set[str] = field(default_factory=set)  # not asked until the identity refresh
     supported: dict[str, bool] = field(default_factory=dict)  # lektrico_method_supported
@@ -220,7 +210,7 @@ class DevicePoller:
 
     async def _get(self, st: DeviceState, method: str) -> dict[str, Any]:
         st.current_method = method
-        return normalise_reply(await st.client.get(method), method)
+        return st.replies.clean(await st.client.get(method), method)
 
     async def _collect(self, st: DeviceState, ctx: _Poll, busy: bool) -> None:
         # A device's first poll fetches slow methods up to its request budget, so a new device
@@ -236,7 +226,7 @@ class DevicePoller:
         reply = await self._main(st, ctx)
         assert st.model is not None
         main = cat.MAIN_METHOD[st.model.kind]
-        previous = st.replies.get(main, {})
+        previous = st.replies.get(main)
         new_firmware = _changed(previous, reply, "fw_version")
         if not ctx.identified and (
             ctx.now - st.fetched.get("identity", -math.inf) >= self.settings.identity_interval
@@ -252,7 +242,7 @@ class DevicePoller:
                 main = cat.MAIN_METHOD[st.model.kind]
         if st.model.kind == cat.CHARGER:
             await self._errors(st, ctx, reply)
-            session = st.replies.get(main, {}).get("session_id")
+            session = st.replies.get(main).get("session_id")
             if session is not None and session != reply.get("session_id"):
                 st.fetched.pop(cat.COUNTERS_CONFIG, None)
         if st.failures > 0 and st.last_success is not None:
@@ -273,7 +263,7 @@ class DevicePoller:
         main = cat.MAIN_METHOD[st.model.kind]
         try:
             reply = await self._get(st, main)
-            check_main_reply(main, reply)
+            st.replies.check_main(main, reply)
         except PollError as exc:
             # An unknown method or a reply without the main values may mean another kind of
             # unit at this address: identify it at once (once in a run of failures).
@@ -332,11 +322,10 @@ class DevicePoller:
         keep = {cat.DEVICE_ID_METHOD, cat.DEVICE_INFO_METHOD}
         ctx.fresh = {m: r for m, r in ctx.fresh.items() if m in keep}
         ctx.main_ok = False
-        st.replies = {}
+        st.replies.forget()
         st.fetched = {}
         st.supported = {m: v for m, v in st.supported.items() if m in keep}
         st.method_samples = None
-        st.memo = Memo()
 
     async def _optional(self, st: DeviceState, ctx: _Poll, method: str) -> dict[str, Any] | None:
         """Ask a method other than the main one: any failure costs only its values. A method
@@ -371,9 +360,8 @@ class DevicePoller:
         ctx.failed.add(method)
 
     async def _errors(self, st: DeviceState, ctx: _Poll, info: dict[str, Any]) -> None:
-        flag, _ = to_number(info.get("has_active_errors", True), boolean=True)
-        if flag == 0.0:
-            ctx.fresh[AE] = inactive_errors(st.replies)
+        if st.replies.switch(info, "has_active_errors") is False:
+            ctx.fresh[AE] = st.replies.errors_inactive()
         elif AE not in st.unsupported:
             await self._optional(st, ctx, AE)
 
@@ -386,7 +374,7 @@ class DevicePoller:
     def _slow_due(self, st: DeviceState, ctx: _Poll) -> list[str]:
         """The slow methods due, longest waiting first (then in catalogue order)."""
         assert st.model is not None
-        known = ChainMap(ctx.fresh, st.replies)
+        known = st.replies.known(ctx.fresh)
         due = []
         for index, m in enumerate(cat.methods_for(st.model.kind)):
             if m.cadence is not Cadence.SLOW or m.name in st.unsupported:
@@ -408,10 +396,7 @@ class DevicePoller:
                 st.failures,
                 extra={"device": st.name, "failures": st.failures},
             )
-        replies = {**st.replies, **ctx.fresh}
-        for method in st.unsupported | ctx.failed:
-            replies.pop(method, None)
-        st.replies = replies
+        st.replies.merge(ctx.fresh, drop=st.unsupported | ctx.failed)
         st.failures = 0
         st.reidentified = False
         st.last_success = wall
@@ -444,7 +429,7 @@ class DevicePoller:
         if st.replies:
             groups = HEALTH_ONLY if failure else HEALTH_AND_LIVE
             before = sum(st.dropped.values()) if log.isEnabledFor(logging.DEBUG) else None
-            samples.extend(extract(model, st.replies, st.dropped, groups, st.memo, wall))
+            samples.extend(st.replies.samples(model, st.dropped, groups, wall))
             if before is not None and sum(st.dropped.values()) > before:
                 log.debug(
                     "device %s: values dropped, by reason so far: %s",
@@ -512,10 +497,8 @@ def _matters(method: cat.Method, known: Mapping[str, Mapping[str, Any]]) -> bool
     """Whether a slow method is worth its slow cadence given what is known (unknown: yes)."""
     if method.slow_if is not None:
         reply = known.get(method.slow_if.method)
-        if reply is not None and method.slow_if.key in reply:
-            on, _ = to_number(reply[method.slow_if.key], boolean=True)
-            if on == 0.0:
-                return False
+        if reply is not None and DeviceReplies.switch(reply, method.slow_if.key) is False:
+            return False
     if method.slow_unless:
         return not all(src.key in known.get(src.method, {}) for src in method.slow_unless)
     return True

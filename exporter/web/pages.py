@@ -147,7 +147,7 @@ def device_page(
         facts.append(("Last error", f"{explain(reading.reason, reading.error)} ({reading.error})"))
     facts_html = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in facts if v)
 
-    supported = sorted(dev.replies)
+    supported = dev.replies.methods()
     unsupported = sorted(dev.unsupported)
     methods = _e(", ".join(supported) or "none yet")
     if unsupported:
