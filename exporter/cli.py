@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from exporter import __version__, logs
 from exporter.app import Exporter, run_until_signal
-from exporter.config.addresses import parse_endpoint
+from exporter.config.addresses import parse_endpoint, written_address
 from exporter.config.schema import Config, ConfigError, load_config, parse_config
 from exporter.device.discovery import DiscoveryError
 from exporter.device.sharding import parse_shard
@@ -158,7 +158,7 @@ def with_hosts(config: Config, hosts: Sequence[str]) -> Config:
             parse_endpoint(host)
         except ValueError as exc:
             raise ConfigError(f"command line: device address {host[:80]!r}: {exc}") from None
-    given = [{"name": host.split("://", 1)[-1].rstrip("/"), "host": host} for host in hosts]
+    given = [{"name": written_address(host), "host": host} for host in hosts]
     extra = parse_config(json.dumps({"devices": given}), "command line").devices
     taken = {d.name for d in config.devices}
     for device in extra:

@@ -59,6 +59,12 @@ class Endpoint:
     def base_url(self) -> str:
         return f"{self.scheme}://{self.address}"
 
+    @property
+    def names(self) -> tuple[str, str, str]:
+        """What a probe may call the device by: host:port, the host alone, the base URL."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return self.address, host, self.base_url
+
 
 def parse_port(text: str) -> int:
     if not text.isascii() or not text.isdigit():
@@ -153,6 +159,14 @@ def parse_endpoint(value: str) -> Endpoint:
         raise ValueError("must not contain credentials; use the username and password keys")
     host, port = split_host_port(text, 80)
     return Endpoint("http", check_hostname(host), port)
+
+
+def written_address(value: str) -> str:
+    """A device address as the user wrote it, without scheme or trailing slash: its name when
+    it is given on the command line."""
+    text = value.strip()
+    scheme, sep, rest = text.partition("://")
+    return (rest if sep else scheme).rstrip("/")
 
 
 def parse_listen(text: str) -> tuple[str, int]:

@@ -47,7 +47,7 @@ import aiohttp
 from exporter.catalogue import table as cat
 from exporter.catalogue.selfmetrics import SelfMetrics
 from exporter.catalogue.table import Cadence, Model
-from exporter.config.addresses import BoundedResolver
+from exporter.config.addresses import BoundedResolver, parse_endpoint
 from exporter.device.client import DeviceClient, MethodUnknown, PollError
 from exporter.device.normalise import DeviceReplies
 from exporter.reading import Labels, Reading, Sample, label_pair
@@ -715,9 +715,7 @@ class Poller:
         configured at an address wins, as the walk did."""
         index: dict[str, str] = {}
         for st in self.devices.values():
-            url = st.target.base_url
-            hostport = url.split("://", 1)[-1].rstrip("/")
-            for key in (hostport, hostport.rsplit(":", 1)[0], url):
+            for key in parse_endpoint(st.target.base_url).names:
                 index.setdefault(key, st.name)
         self._addresses = index
 

@@ -19,6 +19,7 @@ from operator import itemgetter
 from typing import Any
 
 from exporter.catalogue import table as cat
+from exporter.config.addresses import parse_endpoint
 from exporter.device.poller import DeviceState
 from exporter.reading import Labels, Reading
 
@@ -191,7 +192,7 @@ class StatusBoard:
                 st = self.devices[dev.name] = DeviceStatus(dev.name, dev.target.labels)
                 self._by_name = None
             if not st.host:
-                st.host = dev.target.base_url.split("://", 1)[-1]
+                st.host = parse_endpoint(dev.target.base_url).address
                 if st.row:
                     self._count(st, -1)
                 else:
