@@ -12,12 +12,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from exporter.catalogue.table import KWH as JOULES_PER_KWH
+
 JSON = dict[str, Any]
 SCHEMA_VERSION = 41
 GRID_WIDTH = 24
-# Joules per kWh: every energy query, PromQL and InfluxQL, divides joules by this. Written out
-# in digits because InfluxQL has no exponent notation.
-KWH = "3600000"
+# Joules per kWh, the catalogue's factor: every energy query, PromQL and InfluxQL, divides joules
+# by this. Written out in digits because InfluxQL has no exponent notation.
+KWH = str(int(JOULES_PER_KWH))
 
 # ---- data sources ----------------------------------------------------------------------------
 
