@@ -216,6 +216,12 @@ def test_sorting_by_a_column_and_back(browser: Any, site: str) -> None:
     wait_for(lambda: rows(browser) == sorted(names, reverse=True))
     browser.find_element("css selector", "th[data-sort=down_since]").click()
     wait_for(lambda: set(rows(browser)[:2]) == {"stuck", "unplugged"})
+    office = {"meter", "stuck", "unplugged"}
+    labels = browser.find_element("css selector", "th[data-sort=labels_text]")
+    labels.click()  # "site=</td>…" < "site=home" < "site=office"
+    wait_for(lambda: rows(browser)[0] == "garage" and set(rows(browser)[3:]) == office)
+    labels.click()
+    wait_for(lambda: set(rows(browser)[:3]) == office and rows(browser)[5] == "garage")
 
 
 def test_filtering_by_text_status_state_and_label(browser: Any, site: str) -> None:

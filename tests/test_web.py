@@ -211,6 +211,7 @@ async def test_api_devices_filters_sorts_and_pages(
     assert await names("status=down") == []
     assert await names("label=site:lab&limit=1") == ["c0"]
     assert await names("label=site:elsewhere") == []
+    assert len(await names("sort=labels_text&order=desc")) == 5
     for bad in ("sort=secret", "limit=0", "limit=100000", "offset=-1", "label=nocolon", "status=x"):
         status, text = await fetch(f"{base}/api/devices?{bad}")
         assert status == 400 and "error" in json.loads(text), bad
@@ -227,3 +228,22 @@ async def test_health_and_readiness(
     base = f"http://127.0.0.1:{exp.port}"
     assert (await fetch(base + "/-/healthy"))[0] == 200
     assert (await fetch(base + "/-/ready"))[0] == 200
+
+
+def test_the_schedule_reads_as_words() -> None:
+    from exporter.web.pages import schedule_words
+
+    on = {"lektrico_schedule_enabled": 1.0, "lektrico_schedule_intervals": 2.0}
+    assert schedule_words({}) is None
+    assert schedule_words({**on, "lektrico_schedule_enabled": 0.0}) == "off (2 intervals)"
+    assert schedule_words({**on, "lektrico_schedule_active": 0.0}) == (
+        "on (2 intervals), no interval active now"
+    )
+    paused = {**on, "lektrico_schedule_active": 1.0, "lektrico_schedule_current_amperes": 0.0}
+    assert schedule_words(paused) == "on (2 intervals), charging paused by the schedule now"
+    limited = {
+        **paused,
+        "lektrico_schedule_current_amperes": 10.0,
+        "lektrico_schedule_intervals": 1.0,
+    }
+    assert schedule_words(limited) == "on (1 interval), an interval limits charging to 10 A now"

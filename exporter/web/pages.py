@@ -109,6 +109,27 @@ def _sessions_table(sessions: Sequence[Session]) -> str:
     return _table(head, rows) + link
 
 
+def schedule_words(values: dict[str, float]) -> str | None:
+    """The charging schedule in words, from the device's lektrico_schedule_* values."""
+    enabled = values.get("lektrico_schedule_enabled")
+    count = values.get("lektrico_schedule_intervals")
+    if enabled is None and count is None:
+        return None
+    intervals = "" if count is None else f" ({count:g} interval{'' if count == 1 else 's'})"
+    if enabled == 0:
+        return "off" + intervals
+    current = values.get("lektrico_schedule_current_amperes")
+    if values.get("lektrico_schedule_active") != 1:
+        now = "no interval active now"
+    elif current == 0:
+        now = "charging paused by the schedule now"
+    elif current is not None:
+        now = f"an interval limits charging to {current:g} A now"
+    else:
+        now = "an interval is active now"
+    return ("on" if enabled == 1 else "unknown") + intervals + ", " + now
+
+
 def device_page(
     dev: DeviceState,
     status: DeviceStatus | None,
@@ -168,11 +189,7 @@ def device_page(
         if reasons
         else ""
     )
-    schedule = [
-        (_e(s.metric.removeprefix("lektrico_schedule_")), _e(f"{s.value:g}"))
-        for s in samples
-        if s.metric.startswith("lektrico_schedule_")
-    ]
+    schedule = schedule_words({s.metric: s.value for s in samples if not s.labels})
 
     def flagged(metric: str) -> list[str]:
         return [
@@ -211,7 +228,7 @@ def device_page(
         "<section class='block'><h2>Current limits</h2>",
         f"<p>{why}</p>" if why else "",
         _table(["limit", "current"], limits) if limits else "<p class='muted'>none reported</p>",
-        _table(["schedule", "value"], schedule) if schedule else "",
+        f"<p>Charging schedule: {_e(schedule)}</p>" if schedule else "",
         "</section><section class='block'><h2>Errors</h2>",
         f"<p>Active: {_e(', '.join(active) or 'none')}</p>",
         f"<p>Logged: {_e(', '.join(logged) or 'none')}</p></section>",

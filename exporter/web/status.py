@@ -299,6 +299,7 @@ def summarise(reading: Reading, st: DeviceStatus) -> dict[str, Any]:
         "name": reading.device,
         "host": st.host,
         "labels": labels,
+        "labels_text": labels_text(reading.user_labels),
         "label_items": reading.user_labels,
         "meter": model in ("em", "3em"),
         "model": model,
@@ -321,11 +322,17 @@ def summarise(reading: Reading, st: DeviceStatus) -> dict[str, Any]:
     }
 
 
+def labels_text(labels: Labels) -> str | None:
+    """The labels as one sortable text, "site=home, owner=ana"; None (sorted last) for none."""
+    return ", ".join(f"{k}={v}" for k, v in labels) or None
+
+
 def pending_row(name: str, labels: Labels, model: str | None) -> dict[str, Any]:
     return {
         "search": " ".join((name, *dict(labels).values())).lower(),
         "name": name,
         "labels": dict(labels),
+        "labels_text": labels_text(labels),
         "label_items": labels,
         "meter": model in ("em", "3em"),
         "model": model or "unknown",
@@ -372,10 +379,11 @@ PUBLIC_FIELDS = (
     "error_text",
 )
 TEXT_COLUMNS = frozenset(
-    {"name", "model", "firmware", "host", "status", "state_text", "error_text"}
+    {"name", "labels_text", "model", "firmware", "host", "status", "state_text", "error_text"}
 )
 SORTABLE = (
     "name",
+    "labels_text",
     "model",
     "firmware",
     "host",
