@@ -375,6 +375,8 @@ DEVICE_ID = "Device_id.Get"
 SW_VERSION = "Sw_version.Get"
 M2W_CONFIG = "M2w_config.Get"
 DYNAMIC_CURRENT = "Dynamic_current.Get"
+ACTIVE_ERRORS = "Active_errors.Get"
+LOGGED_ERRORS = "Logged_errors.Get"
 
 CHARGER_STATES = ("A", "B", "B_AUTH", "B_PAUSE", "B_SCHEDULER", "C", "D", "E", "F", "OTA", "LOCKED")
 LIMIT_REASONS: Mapping[int, str] = {
@@ -773,7 +775,7 @@ CATALOGUE: tuple[Metric, ...] = (
         unit="",
         group=Group.LIVE,
         devices=CHARGERS,
-        extract=Flags("Active_errors.Get"),
+        extract=Flags(ACTIVE_ERRORS),
         labels=("error",),
         influx=Influx(
             measurement="charger_errors", field="active_", type="bool", label_as_field=True
@@ -786,7 +788,7 @@ CATALOGUE: tuple[Metric, ...] = (
         unit="",
         group=Group.LIVE,
         devices=CHARGERS,
-        extract=Flags("Logged_errors.Get"),
+        extract=Flags(LOGGED_ERRORS),
         labels=("error",),
         influx=Influx(
             measurement="charger_errors", field="logged_", type="bool", label_as_field=True
@@ -1243,6 +1245,10 @@ EXPORTER_METRICS: tuple[OwnMetric, ...] = (
 )
 
 BY_NAME: Mapping[str, Metric] = {m.name: m for m in CATALOGUE}
+# The series whose labels say which unit a device is (model, serial, firmware): pages read it.
+IDENTITY_INFO = next(
+    m.name for m in CATALOGUE if isinstance(m.extract, Info) and m.extract.identity
+)
 POLL_ERROR_REASONS = ("timeout", "connect", "http", "json", "rpc", "schema")
 METHOD_ERROR_REASONS = (*POLL_ERROR_REASONS, "unsupported")
 ALL_METRIC_NAMES: frozenset[str] = frozenset(

@@ -557,7 +557,7 @@ def active_interval(intervals: list[Any], minute: int, dropped: Counter[str]) ->
 
 def inactive_errors(known: Replies) -> dict[str, bool]:
     """Active_errors as it must be when Charger_info says has_active_errors is false."""
-    for method in ("Active_errors.Get", "Logged_errors.Get"):
+    for method in (cat.ACTIVE_ERRORS, cat.LOGGED_ERRORS):
         reply = known.get(method)
         if reply:
             return dict.fromkeys(reply, False)

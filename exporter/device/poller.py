@@ -59,7 +59,6 @@ MAX_SLOW_PER_POLL = 2
 # sends 5 or 6 for a first reading); the slow methods left over follow, MAX_SLOW_PER_POLL a poll.
 FIRST_POLL_REQUESTS = {cat.CHARGER: 8, cat.METER: 5}
 TICK = 0.02  # the scheduler wakes at most this often (s)
-AE = "Active_errors.Get"
 HEALTH_ONLY = frozenset({cat.Group.HEALTH})
 HEALTH_AND_LIVE = frozenset({cat.Group.HEALTH, cat.Group.LIVE})
 
@@ -361,9 +360,9 @@ class DevicePoller:
 
     async def _errors(self, st: DeviceState, ctx: _Poll, info: dict[str, Any]) -> None:
         if st.replies.switch(info, "has_active_errors") is False:
-            ctx.fresh[AE] = st.replies.errors_inactive()
-        elif AE not in st.unsupported:
-            await self._optional(st, ctx, AE)
+            ctx.fresh[cat.ACTIVE_ERRORS] = st.replies.errors_inactive()
+        elif cat.ACTIVE_ERRORS not in st.unsupported:
+            await self._optional(st, ctx, cat.ACTIVE_ERRORS)
 
     def _slow_due_again(self, st: DeviceState) -> None:
         assert st.model is not None

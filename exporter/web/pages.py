@@ -41,7 +41,7 @@ def asset(name: str) -> bytes:
 
 
 _METRICS = {m.name: m for m in cat.CATALOGUE}
-_SKIP = {"lektrico_device_info", "lektrico_wifi_info", "lektrico_up"}
+_SKIP = {cat.IDENTITY_INFO, "lektrico_wifi_info", "lektrico_up"}
 
 
 def _e(value: object) -> str:
@@ -142,7 +142,7 @@ def device_page(
     info: dict[str, str] = {}
     wifi: dict[str, str] = {}
     for s in samples:
-        if s.metric == "lektrico_device_info":
+        if s.metric == cat.IDENTITY_INFO:
             info = dict(s.labels)
         elif s.metric == "lektrico_wifi_info":
             wifi = dict(s.labels)

@@ -260,7 +260,7 @@ def summarise(reading: Reading, st: DeviceStatus) -> dict[str, Any]:
     active: list[str] = []
     for s in reading.samples:
         m = s.metric
-        if m == "lektrico_device_info":
+        if m == cat.IDENTITY_INFO:
             info = dict(s.labels)
         elif m == "lektrico_charger_state":
             if s.value == 1:
