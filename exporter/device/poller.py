@@ -714,7 +714,8 @@ class Poller:
         configured at an address wins, as the walk did."""
         index: dict[str, str] = {}
         for st in self.devices.values():
-            for key in parse_endpoint(st.target.base_url).names:
+            url = st.target.base_url
+            for key in (*parse_endpoint(url).names, url):
                 index.setdefault(key, st.name)
         self._addresses = index
 
