@@ -1,5 +1,6 @@
 """What a config does not use is not imported: a home owner's small board pays only for what
-runs (the InfluxDB client alone is 16 MB of RSS and a third of a second of start-up)."""
+runs (the InfluxDB client alone is 16 MB of RSS and a third of a second of start-up). The HTML
+pages and the sessions' statement are loaded by the first request for them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,15 @@ import sys
 
 import pytest
 
-OPTIONAL = ("influxdb_client", "zeroconf", "bcrypt", "matplotlib", "exporter.simulator")
+OPTIONAL = (
+    "influxdb_client",
+    "zeroconf",
+    "bcrypt",
+    "matplotlib",
+    "exporter.simulator",
+    "exporter.web.pages",
+    "exporter.sessions.statement",
+)
 PROBE = """
 import json, sys
 from exporter.app import Exporter

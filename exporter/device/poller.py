@@ -585,6 +585,9 @@ class Poller:
 
         It wakes at most once a `TICK` and starts every poll due by then: a poll starts up to a
         tick late, and the loop costs the same whether 10 or 10,000 devices are due a second.
+        Between polls it sleeps until the next one is due, however far off: only `set_targets`
+        changes the schedule from outside, and it wakes the loop. An idle small board then
+        wakes once a poll, not once a second.
         """
         interval = self.settings.interval
         try:
@@ -605,7 +608,7 @@ class Poller:
                 # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
                 # cancellation that arrives as the event is set, and stop() would then hang.
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(max(delay, TICK), 1.0)):
+                    async with asyncio.timeout(max(delay, TICK)):
                         await self._wake.wait()
         finally:
             self._drop_waiting()

@@ -29,7 +29,9 @@ from .store import Batch, Store, StoreError, default_path, session_row
 from .tariffs import build_tariffs
 
 log = logging.getLogger("lektrico.sessions")
-FLUSH_INTERVAL = 0.5  # seconds; the store is never more than about this far behind
+# Seconds from a change to its write: the store is never more than about this far behind.
+# The writer sleeps while nothing changed, so an idle exporter does not wake for it.
+FLUSH_INTERVAL = 0.5
 Sink = Callable[[Reading], None]
 
 
@@ -99,6 +101,7 @@ class SessionsStage:
         self._sessions: dict[tuple[str, float], Session] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="state-store")
         self._task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()  # set when _dirty or _sessions gains something
         self._failing = False
         self.reconfigure(config)
 
@@ -140,7 +143,9 @@ class SessionsStage:
     async def _flusher(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(FLUSH_INTERVAL)
+            await self._changed.wait()
+            await asyncio.sleep(FLUSH_INTERVAL)  # what changes meanwhile goes in the same write
+            self._changed.clear()
             batch = self._take()
             if batch is None:
                 continue
@@ -172,6 +177,7 @@ class SessionsStage:
 
     def _giveback(self, batch: Batch) -> None:
         self._dirty.update(name for name, _ in batch.states)
+        self._changed.set()
         for row in batch.sessions:
             device, start = row[0], row[1]
             if (device, start) not in self._sessions:
@@ -199,6 +205,7 @@ class SessionsStage:
         self._choose(reading)
         result = self.ledger.feed(reading)
         self._dirty.add(reading.device)
+        self._changed.set()
         for s in result.changed:
             self._sessions[s.device, s.start] = s
         if self.emit is not None:

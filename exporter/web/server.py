@@ -29,11 +29,13 @@ from exporter.config.addresses import (
 from exporter.device.poller import DeviceState, Poller, new_session
 from exporter.outputs.prometheus import CONTENT_TYPE, Exposition, render_probe
 from exporter.reading import Reading
-from exporter.sessions import statement
 from exporter.sessions.ledger import Session
 from exporter.sessions.stage import SessionsStage
-from exporter.web import pages
 from exporter.web.status import PUBLIC_FIELDS, Query, StatusBoard
+
+# The HTML pages (exporter.web.pages) and the sessions' statement (exporter.sessions.statement)
+# are imported by the handlers that serve them: an exporter whose pages nobody opens, as on a
+# small board scraped by Prometheus alone, does not load them.
 
 log = logging.getLogger("lektrico.web")
 PROBE_MARGIN = 0.5  # seconds kept from Prometheus's scrape timeout for the answer itself
@@ -181,6 +183,8 @@ class Web:
         return await self._asset(request.match_info["name"])
 
     async def _asset(self, name: str) -> web.Response:
+        from exporter.web import pages
+
         if name not in pages.ASSETS:
             raise web.HTTPNotFound()
         if name not in self._assets:
@@ -212,6 +216,8 @@ class Web:
         return web.json_response(body, headers={"Cache-Control": "no-store"})
 
     async def device_page(self, request: web.Request) -> web.Response:
+        from exporter.web import pages
+
         name = request.match_info["name"]
         dev = self.poller.devices.get(name)
         if dev is None:
@@ -276,12 +282,16 @@ class Web:
         found = await self._sessions_asked(request)
         if isinstance(found, web.Response):
             return found
+        from exporter.sessions import statement
+
         return web.json_response({"sessions": [statement.row(s) for s in found]})
 
     async def api_sessions_csv(self, request: web.Request) -> web.Response:
         found = await self._sessions_asked(request)
         if isinstance(found, web.Response):
             return found
+        from exporter.sessions import statement
+
         return web.Response(text=statement.to_csv(found), content_type="text/csv")
 
     async def _sessions_asked(self, request: web.Request) -> list[Session] | web.Response:
@@ -294,6 +304,8 @@ class Web:
             return web.Response(status=400, text=f"{exc}\n")
 
     async def sessions_page(self, request: web.Request) -> web.Response:
+        from exporter.sessions import statement
+
         if self.sessions is None:
             return web.Response(status=404, text="the state store is off (state.enabled)\n")
         month = request.query.get("month") or statement.current_month()
@@ -429,6 +441,8 @@ class SessionQueryError(ValueError):
 async def _query_sessions(stage: SessionsStage, request: web.Request) -> list[Session]:
     """The sessions a request asks for: ?device= (repeatable), from=, to= (ISO 8601), and any
     other parameter as a label filter (?site=home)."""
+    from exporter.sessions import statement
+
     q = request.query
     filters: dict[str, Any] = {"devices": q.getall("device", [])}
     for key, name in (("from", "since"), ("to", "until")):
