@@ -73,6 +73,25 @@ async def start_simulator(
     return Fleet(proc, f"http://{control}", targets, time.monotonic() - t0)
 
 
+# The exporter reads config and device files of at most 4 MiB; 10,000 devices take about 1 MiB.
+DEVICES_PER_FILE = 10_000
+
+
+def write_device_files(path: Path, targets: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A large fleet goes to device files next to the config, as a user would list it; the
+    devices left for the config itself are returned."""
+    for old in path.parent.glob(f"{path.stem}.devices-*.json"):
+        old.unlink()
+    if len(targets) <= DEVICES_PER_FILE:
+        return targets
+    for k in range(0, len(targets), DEVICES_PER_FILE):
+        chunk = {"devices": targets[k : k + DEVICES_PER_FILE]}
+        path.with_name(f"{path.stem}.devices-{k // DEVICES_PER_FILE:03}.json").write_text(
+            json.dumps(chunk)
+        )
+    return []
+
+
 def remove(path: Path) -> None:
     path.unlink(missing_ok=True)
 
@@ -98,7 +117,7 @@ def write_config(
     no derived counters), `poll` adds poll settings, `shard` is (index, count)."""
     config: dict[str, Any] = {
         "listen": f"127.0.0.1:{port}",
-        "devices": targets,
+        "devices": write_device_files(path, targets),
         "poll": {
             "interval": opts.interval,
             "timeout": min(5.0, opts.interval / 3) if timeout is None else timeout,
@@ -107,10 +126,13 @@ def write_config(
         },
         "log": {"level": "warning"},
         # The session ledger is on, as by default; its store is the run's own, started empty.
-        "state": {"path": str(path.with_suffix(".state.db")), "enabled": state},
+        # Absolute: the exporter reads a relative path from the config file's directory.
+        "state": {"path": str(path.with_suffix(".state.db").resolve()), "enabled": state},
     }
     if shard is not None:
         config["shard"] = {"index": shard[0], "count": shard[1]}
+    if len(targets) > DEVICES_PER_FILE:
+        config["device_files"] = [f"{path.stem}.devices-*.json"]
     for old in path.parent.glob(path.with_suffix(".state.db").name + "*"):
         old.unlink()
     # JSON is YAML, and far quicker to write and read for 20,000 devices.

@@ -199,6 +199,14 @@ def verdicts(results: list[SizeResult]) -> list[Verdict]:
 
 
 def print_summary(results: list[SizeResult], verdict_list: list[Verdict]) -> None:
+    if results:
+        print_sizes_table(results)
+    print("\n== Targets ==")
+    for v in verdict_list:
+        print(f"  {'PASS' if v.passed else 'MISS'}  {v.target}: {v.figure}")
+
+
+def print_sizes_table(results: list[SizeResult]) -> None:
     print("\n== Summary ==")
     head = (
         "N",
@@ -240,9 +248,6 @@ def print_summary(results: list[SizeResult], verdict_list: list[Verdict]) -> Non
             "  * not steady: the window began before every device had finished its first poll"
             " (the exporter could not keep up); its figures mix first and steady polls"
         )
-    print("\n== Targets ==")
-    for v in verdict_list:
-        print(f"  {'PASS' if v.passed else 'MISS'}  {v.target}: {v.figure}")
 
 
 def code_version() -> str:

@@ -133,7 +133,8 @@ async def run(opts: argparse.Namespace, procs: Processes) -> int:
         "targets": [asdict(v) for v in verdict_list],
     }
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {out / 'results.json'} and {opts.plot} in {time.time() - started:.0f} s")
+    drawn = f" and {opts.plot}" if results else ""
+    print(f"\nwrote {out / 'results.json'}{drawn} in {time.time() - started:.0f} s")
     return 0
 
 
@@ -284,8 +285,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     last = address + max([*opts.sizes, opts.shards, opts.cadence_devices]) - 1
     if not (address.is_loopback and last.is_loopback):
         p.error("--address-base: every device address must be inside 127.0.0.0/8")
-    if not (opts.sizes or opts.shards) or min(opts.sizes, default=1) < 1:
-        p.error("--sizes must be positive (empty only with --shards)")
+    if not (opts.sizes or opts.shards or opts.cadence_devices or opts.first_poll):
+        p.error("nothing to measure: no --sizes and every other phase off")
+    if min(opts.sizes, default=1) < 1 or opts.cadence_devices < 0:
+        p.error("--sizes and --cadence-devices must be positive")
     if opts.duration <= 0 or opts.interval <= 0 or opts.shards < 0:
         p.error("--duration and --interval must be positive")
     return opts
