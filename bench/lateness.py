@@ -9,6 +9,8 @@ keeps a fixed schedule (each due time is the last one plus the interval), so a d
 in the window is due at phase + k x interval; the phase cannot be seen from outside and is taken
 as the device's earliest start in the window, so a lateness is how much later than the
 device's own best start in the window a poll began (connect and tick included, both short).
+A start more than half an interval late cannot be told from the next one early, so for an
+exporter that has fallen behind the figures are the spread of its starts over one interval.
 """
 
 from __future__ import annotations
