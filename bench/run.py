@@ -31,6 +31,14 @@ For each fleet size N, on this machine and over real loopback sockets:
    own Exposition fed the same samples, rendered the same way (no HTTP, no polls competing);
    and exporter.outputs.influx.lines.Serializer on the same samples as Readings.
 
+Around the sizes: before them, the first poll's requests of each kind of device, on default
+profiles and on firmware lacking every optional method (`--first-poll`), and the requests a
+poll counted by the devices over one whole identity interval, the intervals scaled down in the
+product's ratios (`--cadence-devices`, `--cadence-interval`); for each size in `--state-off`,
+the window again with the state store off, for the session ledger's cost; after them, with
+`--shards N`, N devices over `--shard-count` exporter replicas. The poll lateness of every
+window comes from the simulator's call log (bench.lateness).
+
 RSS per device is (RSS at the end of the window - RSS of the same exporter with no devices) / N.
 Every loop is bounded in count and time; every process started here is stopped at the end, also
 on Ctrl-C, SIGTERM or an error. Traffic goes only to 127.0.0.0/8. Results: a table per N, a
@@ -39,8 +47,9 @@ exporter with py-spy (if installed) for `--profile-seconds` after each window, o
 ranks the exporter/*.py functions.
 
 This module is the command and its order of work; bench.measure takes the measurements (with
-bench.fleet, bench.floor, bench.references and bench.pyspy), bench.report prints them and
-judges the targets, bench.plot draws the figure.
+bench.window, bench.fleet, bench.floor, bench.references and bench.pyspy), bench.stateoff,
+bench.perpoll and bench.shards the other phases; bench.report and bench.report_phases print
+them and judge the targets, bench.plot draws the figure.
 """
 
 from __future__ import annotations
