@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from exporter.catalogue import table as cat
-
 PROBE_CONCURRENCY = 16
 
 
@@ -22,9 +20,6 @@ MAIN_METHOD_OF = {
     "em": "Meter_info.Get",
     "3em": "Meter_info.Get",
 }
-
-
-CADENCE = {m.name: m.cadence for m in cat.METHODS}
 
 
 @dataclass
@@ -47,7 +42,6 @@ class SizeResult:
     load_average: list[float] = field(default_factory=list)
     requests_per_poll: float = 0.0
     requests_per_poll_simulator: float = 0.0
-    requests_per_poll_amortised: float = 0.0
     calls_by_method_window: dict[str, int] = field(default_factory=dict)
     rss_bytes: int = 0
     rss_per_device_bytes: float = 0.0
@@ -77,3 +71,7 @@ class SizeResult:
     influx_note: str = ""
     profile: dict[str, Any] = field(default_factory=dict)
     phase_seconds: dict[str, float] = field(default_factory=dict)
+    # p50/p99/max seconds a poll started after its schedule, from the simulator's call log
+    lateness: dict[str, float] = field(default_factory=dict)
+    # The same window with the state store off (no session ledger, no derived counters)
+    state_off: dict[str, Any] = field(default_factory=dict)

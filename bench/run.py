@@ -31,6 +31,14 @@ For each fleet size N, on this machine and over real loopback sockets:
    own Exposition fed the same samples, rendered the same way (no HTTP, no polls competing);
    and exporter.outputs.influx.lines.Serializer on the same samples as Readings.
 
+Around the sizes: before them, the first poll's requests of each kind of device, on default
+profiles and on firmware lacking every optional method (`--first-poll`), and the requests a
+poll counted by the devices over one whole identity interval, the intervals scaled down in the
+product's ratios (`--cadence-devices`, `--cadence-interval`); for each size in `--state-off`,
+the window again with the state store off, for the session ledger's cost; after them, with
+`--shards N`, N devices over `--shard-count` exporter replicas. The poll lateness of every
+window comes from the simulator's call log (bench.lateness).
+
 RSS per device is (RSS at the end of the window - RSS of the same exporter with no devices) / N.
 Every loop is bounded in count and time; every process started here is stopped at the end, also
 on Ctrl-C, SIGTERM or an error. Traffic goes only to 127.0.0.0/8. Results: a table per N, a
@@ -39,8 +47,9 @@ exporter with py-spy (if installed) for `--profile-seconds` after each window, o
 ranks the exporter/*.py functions.
 
 This module is the command and its order of work; bench.measure takes the measurements (with
-bench.fleet, bench.floor, bench.references and bench.pyspy), bench.report prints them and
-judges the targets, bench.plot draws the figure.
+bench.window, bench.fleet, bench.floor, bench.references and bench.pyspy), bench.stateoff,
+bench.perpoll and bench.shards the other phases; bench.report and bench.report_phases print
+them and judge the targets, bench.plot draws the figure.
 """
 
 from __future__ import annotations
@@ -53,15 +62,19 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
 from bench.measure import exporter_baseline_rss, measure_size
+from bench.perpoll import cadence_phase, first_poll_budget
 from bench.plot import plot
-from bench.report import fmt_bytes, machine_info, print_size, print_summary, verdicts
-from bench.results import MIX, PROBE_CONCURRENCY, SizeResult
+from bench.report import Verdict, fmt_bytes, machine_info, print_size, print_summary, verdicts
+from bench.report_phases import phase_verdicts, print_phases
+from bench.results import MIX, PROBE_CONCURRENCY, TARGET_N, SizeResult
+from bench.shards import shards_phase
 from harness.processes import ROOT, Processes, raise_fd_limit
 from harness.procfs import loadavg
 
@@ -79,21 +92,36 @@ async def run(opts: argparse.Namespace, procs: Processes) -> int:
         flush=True,
     )
     results: list[SizeResult] = []
+    phases: dict[str, Any] = {}
+    timings: dict[str, float] = {}
     connector = aiohttp.TCPConnector(limit=64)
     async with aiohttp.ClientSession(
         connector=connector, auto_decompress=False, skip_auto_headers=("Accept-Encoding",)
     ) as session:
         baseline = await exporter_baseline_rss(procs, opts, out, session)
         print(f"exporter with 0 devices: RSS {fmt_bytes(baseline)}", flush=True)
+        if opts.first_poll:
+            t0 = time.monotonic()
+            print("\n... the first poll of each kind of device", flush=True)
+            phases["first_poll"] = await first_poll_budget(procs, out, session)
+            timings["first poll"] = round(time.monotonic() - t0, 1)
+        if opts.cadence_devices:
+            t0 = time.monotonic()
+            print("\n... requests a poll over one identity interval, scaled down", flush=True)
+            phases["cadence"] = await cadence_phase(opts, procs, out, session)
+            timings["cadence"] = round(time.monotonic() - t0, 1)
         for n in opts.sizes:
             print(f"\n... N = {n:,}: starting the simulator", flush=True)
             res = await measure_size(n, opts, procs, out, session, baseline)
             res.rss_per_device_bytes = (res.rss_bytes - baseline) / n
             results.append(res)
             print_size(res)
-    verdict_list = verdicts(results)
-    print_summary(results, verdict_list)
-    plot(results, Path(opts.plot))
+        if opts.shards:
+            t0 = time.monotonic()
+            print(f"\n... {opts.shards:,} devices over shard replicas", flush=True)
+            phases["shards"] = await shards_phase(opts, procs, out, session, baseline)
+            timings["shards"] = round(time.monotonic() - t0, 1)
+    verdict_list = summarise(results, phases, Path(opts.plot))
     report = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
@@ -108,24 +136,39 @@ async def run(opts: argparse.Namespace, procs: Processes) -> int:
             "probe_concurrency": PROBE_CONCURRENCY,
         },
         "baseline_rss_bytes": baseline,
+        "phase_seconds": timings,
         "sizes": [asdict(r) for r in results],
+        "phases": phases,
         "targets": [asdict(v) for v in verdict_list],
     }
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {out / 'results.json'} and {opts.plot} in {time.time() - started:.0f} s")
+    drawn = f" and {opts.plot}" if results else ""
+    print(f"\nwrote {out / 'results.json'}{drawn} in {time.time() - started:.0f} s")
     return 0
+
+
+def summarise(results: list[SizeResult], phases: dict[str, Any], plot_path: Path) -> list[Verdict]:
+    """Print the summary, the other phases and every verdict; redraw the plot."""
+    verdict_list = verdicts(results) if results else []
+    print_phases(results, phases)
+    verdict_list += phase_verdicts(results, phases)
+    print_summary(results, verdict_list)
+    if results:
+        plot(results, plot_path)
+    return verdict_list
 
 
 def report_again(path: Path, plot_path: Path) -> int:
     """Print the tables and verdicts of a saved results.json again and redraw its plot."""
     report = json.loads(path.read_text())
-    results = [SizeResult(**size) for size in report["sizes"]]
+    known = {f.name for f in fields(SizeResult)}
+    results = [
+        SizeResult(**{k: v for k, v in size.items() if k in known}) for size in report["sizes"]
+    ]
     print(f"from {path}: {report['command']} at {report['started']}; machine {report['machine']}")
     for res in results:
         print_size(res)
-    verdict_list = verdicts(results)
-    print_summary(results, verdict_list)
-    plot(results, plot_path)
+    verdict_list = summarise(results, report.get("phases", {}), plot_path)
     report["targets"] = [asdict(v) for v in verdict_list]
     path.write_text(json.dumps(report, indent=2) + "\n")
     return 0
@@ -207,13 +250,56 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="measure nothing: print the tables and verdicts of a results.json and redraw the plot",
     )
     p.add_argument("--plot", default=str(ROOT / "docs" / "performance.png"))
+    p.add_argument(
+        "--state-off",
+        default=str(TARGET_N),
+        type=lambda s: [int(x) for x in s.split(",") if x.strip()],
+        help="sizes measured once more with the state store off, for the session ledger's"
+        f" cost (default {TARGET_N}; empty for none)",
+    )
+    p.add_argument(
+        "--cadence-devices",
+        type=int,
+        default=200,
+        help="devices of the requests-a-poll phase over one identity interval (0: skip it;"
+        " default 200)",
+    )
+    p.add_argument(
+        "--cadence-interval",
+        type=float,
+        default=0.25,
+        help="its poll interval; slow and identity intervals 40x and 240x it (default 0.25)",
+    )
+    p.add_argument(
+        "--first-poll",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="count the requests of each kind of device's first poll (default on)",
+    )
+    p.add_argument(
+        "--shards",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after the sizes, N devices over --shard-count exporter replicas (default off)",
+    )
+    p.add_argument(
+        "--shard-count",
+        type=int,
+        default=0,
+        help="replicas of the --shards phase (default: one a core)",
+    )
     opts = p.parse_args(argv)
     address = ipaddress.IPv4Address(opts.address_base)
-    last = address + max(opts.sizes) - 1
+    last = address + max([*opts.sizes, opts.shards, opts.cadence_devices]) - 1
     if not (address.is_loopback and last.is_loopback):
         p.error("--address-base: every device address must be inside 127.0.0.0/8")
-    if not opts.sizes or min(opts.sizes) < 1 or opts.duration <= 0 or opts.interval <= 0:
-        p.error("--sizes, --duration and --interval must be positive")
+    if not (opts.sizes or opts.shards or opts.cadence_devices or opts.first_poll):
+        p.error("nothing to measure: no --sizes and every other phase off")
+    if min(opts.sizes, default=1) < 1 or opts.cadence_devices < 0:
+        p.error("--sizes and --cadence-devices must be positive")
+    if opts.duration <= 0 or opts.interval <= 0 or opts.shards < 0:
+        p.error("--duration and --interval must be positive")
     return opts
 
 

@@ -33,7 +33,7 @@ FIGURES = (
     "exporter capacity, polling flat out",
     "exporter / floor (polls per CPU s)",
 )
-TARGETS = 6
+TARGETS = 6  # five of the sizes, and the big end with the ledger; other phases add theirs
 
 
 def run_benchmark(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
@@ -69,6 +69,7 @@ def test_benchmark_prints_every_figure_for_a_tiny_fleet(tmp_path: Path) -> None:
         "--capacity-warmup", "2", "--capacity-seconds", "2",
         "--address-base", address_base, "--device-port", str(free_port()),
         "--out", str(out_dir), "--plot", str(plot),
+        "--cadence-devices", "0", "--no-first-poll", "--state-off", "",
     ]  # fmt: skip
 
     # Act
@@ -89,3 +90,29 @@ def test_benchmark_prints_every_figure_for_a_tiny_fleet(tmp_path: Path) -> None:
     assert size["floor_paced"]["ok"] > 0 and size["floor_paced"]["rate"] == 40 / 3
     assert size["capacity"]["polls_per_second"] > 0 and size["capacity_ratio"] > 0
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_benchmark_counts_first_polls_and_polls_a_sharded_fleet(tmp_path: Path) -> None:
+    # Arrange: no sizes; the first-poll phase and a tiny fleet over two replicas.
+    address_base = f"127.202.{random.randrange(0, 200)}.1"
+    out_dir = tmp_path / "out"
+    args = [
+        "--sizes", "", "--shards", "30", "--shard-count", "2", "--interval", "3",
+        "--duration", "3", "--sim-processes", "2", "--settle-timeout", "10",
+        "--cadence-devices", "0", "--first-poll",
+        "--address-base", address_base, "--device-port", str(free_port()),
+        "--out", str(out_dir), "--plot", str(tmp_path / "performance.png"),
+    ]  # fmt: skip
+
+    # Act
+    result = run_benchmark(args, timeout=60)
+
+    # Assert
+    assert result.returncode == 0, result.stdout + result.stderr
+    for heading in ("First poll: requests per device", "Sharded: 30 devices over 2 replicas"):
+        assert heading in result.stdout, f"{heading!r} missing from\n{result.stdout}"
+    phases = json.loads((out_dir / "results.json").read_text())["phases"]
+    assert all(row["requests"] > 0 for row in phases["first_poll"])
+    replicas = phases["shards"]["replicas"]
+    assert sum(r["devices"] for r in replicas) == 30 and all(r["polls"] > 0 for r in replicas)
+    assert "first poll ≤ 8 requests" in result.stdout
