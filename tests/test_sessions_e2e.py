@@ -321,7 +321,7 @@ async def test_the_control_api_lists_the_sessions_a_charger_generated() -> None:
     sessions = json.loads(body)["sessions"]
 
     assert sessions, "no session generated"
-    assert set(sessions[0]) == {"session_id", "start", "end", "wh"}
+    assert set(sessions[0]) == {"session_id", "start", "end", "wh", "anomalies", "reboots"}
     finished = [s for s in sessions if s["end"] is not None]
     assert finished and all(s["end"] > s["start"] and s["wh"] > 0 for s in finished)
     assert [s["session_id"] for s in sessions] == sorted(s["session_id"] for s in sessions)
