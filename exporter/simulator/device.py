@@ -409,7 +409,9 @@ class Device(ABC):
         return json.dumps(garbled, separators=(",", ":")).encode()
 
     def _sync(self) -> None:
-        if self._advance(math.floor(self._clock.now() + self._offset)):
+        # The nudge keeps float noise (a clock at 12345.9999999 device seconds) from showing a
+        # poll meant for a whole second the second before.
+        if self._advance(math.floor(self._clock.now() + self._offset + 1e-6)):
             self._cache.clear()
 
     @abstractmethod
