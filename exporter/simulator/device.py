@@ -262,8 +262,9 @@ class Anomalies:
     exporter's default 15 s; at ``speed`` s a second, a real interval of ``i`` s is ``i *
     speed`` device seconds):
 
-    - ``flap``: at the end of charging, state A for 1.1 to 1.9 intervals, so one or two polls
-      see it (the ledger's rule for a flap), same ``session_id``, then B until the car leaves;
+    - ``flap``: at the end of charging, state A for 1.25 to 1.75 intervals, so one or two
+      polls see it (the ledger's rule for a flap) even when polls start up to a quarter
+      interval late; same ``session_id``, then B until the car leaves;
     - ``energy_reset``: a pause of at least two intervals, with ``session_energy`` set to 0
       (``Session_energy.Reset``, allowed in state B) after the first, so a poll sees the pause
       before the reset; the session's energy is the sum of both parts;
@@ -273,7 +274,7 @@ class Anomalies:
       are saved with the lifetime counters, and ``Device.Reset`` itself waits for a session
       to end, so the session is meant to survive), and nothing is charged while it is down.
       Two in three outages last 3.5 to 8 intervals (a ``gap`` for the ledger), one in three
-      0.3 to 0.9 intervals (at most one poll lost: nothing to flag).
+      0.3 to 0.6 intervals (at most one poll lost: nothing to flag).
     """
 
     flap: float = 0.02
@@ -761,7 +762,7 @@ class Charger(Device):
                 interval = chance.poll_interval
                 yield _Segment(
                     "A",
-                    odd.uniform(1.1, 1.9) * interval,
+                    odd.uniform(1.25, 1.75) * interval,
                     final.voltages,
                     flap=True,
                     anomaly="state_flap",
@@ -790,8 +791,8 @@ class Charger(Device):
                 "B", odd.uniform(3.5, 8.0) * interval, voltages, offline=True, anomaly="gap"
             )
         else:
-            # Short enough that at most one poll fails, even one that starts a little late.
-            yield _Segment("B", odd.uniform(0.3, 0.9) * interval, voltages, offline=True)
+            # Short enough that at most one poll fails, even when polls start a little late.
+            yield _Segment("B", odd.uniform(0.3, 0.6) * interval, voltages, offline=True)
         yield _Segment("B", odd.uniform(1.5, 3.0) * interval, voltages)
 
     def _charging(self, car_max: int) -> _Segment:
