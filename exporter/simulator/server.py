@@ -36,7 +36,11 @@ aiohttp.web so faults can break the exchange at any byte and thousands of listen
 ``ControlServer`` serves the control API for one or more shards (a fleet, or a worker process
 holding one): ``GET /devices``, ``GET /calls``, ``POST /devices/{name}/fault`` ``{"mode": ...}``,
 ``POST /devices/{name}/alias`` ``{"alias": ...}``, ``POST /devices/{name}/spelling``
-``{"mode": ...}``, ``POST /devices/{name}/unknown`` ``{"mode": ...}``.
+``{"mode": ...}``, ``POST /devices/{name}/unknown`` ``{"mode": ...}``, ``GET
+/devices/{name}/sessions`` (a charger's generated sessions with the anomalies injected).
+
+While a charger reboots in its script (``DeviceSpec.anomalies``), every connection to it is
+reset, whatever its fault.
 """
 
 from __future__ import annotations
