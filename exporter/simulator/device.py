@@ -729,10 +729,13 @@ class Charger(Device):
             car = rng.choice(self._config.cars)
             odd = self._anomaly_rng
             chance = self.anomalies
-            # At most one of each per session, each after some charging has been done.
-            reset = odd.random() < chance.energy_reset
-            reboot = odd.random() < chance.reboot
-            flap = odd.random() < chance.flap
+            # At most one of each per session, each after some charging has been done; none in
+            # the history before the clock starts (the offset that spreads a fleet), which so
+            # stays what it is without anomalies.
+            live = self._t >= self._offset
+            reset = odd.random() < chance.energy_reset and live
+            reboot = odd.random() < chance.reboot and live
+            flap = odd.random() < chance.flap and live
             last = ""
             for _ in range(rng.randint(2, 6)):
                 charging = self._charging(car)
