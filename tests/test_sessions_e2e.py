@@ -11,6 +11,7 @@ import json
 import math
 import shutil
 import subprocess
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from exporter.catalogue import table as cat
 from exporter.cli import main as cli_main
 from exporter.config.schema import Config, parse_config
 from exporter.reading import Reading
+from exporter.simulator.device import Anomalies
 from exporter.simulator.server import ControlServer, DeviceSpec, SimulatedFleet
 from harness.processes import free_port
 from harness.servers import VictoriaMetrics, unavailable
@@ -38,7 +40,7 @@ TARIFFS = (
 CHARGERS = [DeviceSpec(f"car-{i}", "1p7k" if i % 2 else "3p22k", seed=40 + i) for i in range(6)]
 
 
-def config_of(fleet: SimulatedFleet, state: Path, extra: str = "") -> Config:
+def config_of(fleet: SimulatedFleet, state: Path, extra: str = "", poll: str = POLL) -> Config:
     devices = [
         {"name": n, "host": fleet.host(n), "labels": {"owner": f"o{i % 2}"}}
         for i, n in enumerate(fleet.names)
@@ -48,7 +50,7 @@ def config_of(fleet: SimulatedFleet, state: Path, extra: str = "") -> Config:
             [
                 f"listen: '127.0.0.1:{free_port()}'",
                 "devices: " + json.dumps(devices),
-                POLL,
+                poll,
                 TARIFFS,
                 f"state: {{path: '{state}'}}",
                 extra,
@@ -321,8 +323,70 @@ async def test_the_control_api_lists_the_sessions_a_charger_generated() -> None:
     sessions = json.loads(body)["sessions"]
 
     assert sessions, "no session generated"
-    assert set(sessions[0]) == {"session_id", "start", "end", "wh"}
+    assert set(sessions[0]) == {"session_id", "start", "end", "wh", "anomalies", "reboots"}
     finished = [s for s in sessions if s["end"] is not None]
     assert finished and all(s["end"] > s["start"] and s["wh"] > 0 for s in finished)
     assert [s["session_id"] for s in sessions] == sorted(s["session_id"] for s in sessions)
     assert (status_meter, status_unknown) == (400, 404)
+
+
+# ---- injected anomalies over real sockets --------------------------------------------------
+
+FAST = 480.0  # a session in about ten seconds
+# A poll interval of 120 device seconds; a reboot resets every connection for its length. No
+# backoff: a device back from a reboot is polled at once, as the truth's gap assumes.
+FAST_POLL = "poll: {interval: 250ms, timeout: 200ms, max_backoff: 250ms}"
+OFTEN = Anomalies(flap=0.8, energy_reset=0.8, reboot=0.8, poll_interval=POLL_SECONDS * FAST)
+
+
+@pytest.mark.timeout(60)
+async def test_over_real_sockets_the_ledger_flags_the_anomalies_the_simulator_injected(
+    tmp_path: Path,
+) -> None:
+    specs = [
+        DeviceSpec(f"odd-{i}", "1p7k" if i % 2 else "3p22k", seed=70 + i, anomalies=OFTEN)
+        for i in range(20)
+    ]
+    async with SimulatedFleet(specs, speed=FAST) as fleet:
+        readings: list[Reading] = []
+        exporter = Exporter(
+            config_of(fleet, tmp_path / "state.db", poll=FAST_POLL), extra_sinks=[readings.append]
+        )
+        await exporter.start()
+        began = fleet.clock.unix(fleet.clock.now())
+        try:
+            stage = exporter.sessions
+            assert stage is not None
+            await wait_for(
+                lambda: sum(d.counters.sessions for d in stage.ledger.devices.values()) >= 24, 30
+            )
+            truth = finished_truth(fleet, began + 0.5, fleet.clock.unix(fleet.clock.now()) - 1.0)
+            for name in fleet.names:
+                fleet.set_fault(name, "refuse")
+            await asyncio.sleep(1.0)  # the store catches up
+            _, body = await fetch(f"http://127.0.0.1:{exporter.port}/api/sessions")
+        finally:
+            await exporter.stop()
+    closed = [r for r in json.loads(body)["sessions"] if not r["open"]]
+
+    assert len(truth) >= 6
+    injected = Counter[str]()
+    for want in truth:
+        injected.update(want["anomalies"])
+        [got] = [
+            r
+            for r in closed
+            if (r["device"], r["session_id"]) == (want["device"], want["session_id"])
+        ]
+        assert abs(got["energy_wh"] - want["wh"]) <= 1.0
+        # A reading is stamped when its poll starts, the device answers a little later: at
+        # this speed that can be device seconds after a boundary the poll saw.
+        assert -JITTER < got["start_unix"] - want["start"] < POLL_SECONDS + JITTER
+        assert -JITTER < got["end_unix"] - want["end"] < POLL_SECONDS + JITTER
+        polls = [
+            (round(r.time - want["start"], 2), r.up)
+            for r in readings
+            if r.device == want["device"] and want["start"] - 1 < r.time < want["end"] + 1
+        ]
+        assert got["anomalies"] == want["anomalies"], (want, polls)
+    assert min(injected[k] for k in ("state_flap", "energy_reset", "gap")) >= 1, injected

@@ -21,7 +21,7 @@ from exporter.catalogue import table as cat
 from exporter.device.normalise import extract, normalise_reply
 from exporter.reading import Reading, Sample
 from exporter.sessions.ledger import ANOMALIES, Ledger, Session, trapezoid
-from exporter.simulator.device import Charger, ManualClock, make_device
+from exporter.simulator.device import Anomalies, Charger, ManualClock, make_device
 from harness.servers import unavailable
 
 INTERVAL = 15.0
@@ -37,11 +37,24 @@ class Sim:
     model: cat.Model
     overrides: dict[str, Any] = field(default_factory=dict)  # Charger_info keys replaced
     energy_shift: float = 0.0  # Wh taken off session_energy (a firmware reset of it)
+    methods: frozenset[str] | None = None  # None: every method the exporter polls
 
     def reading(self, labels: tuple[tuple[str, str], ...] = ()) -> Reading:
+        if self.charger.offline:  # rebooting: the poll fails, as it would over a socket
+            return Reading(
+                self.charger.name,
+                labels,
+                EPOCH + self.clock.now(),
+                False,
+                0.01,
+                self.model.name,
+                (),
+            )
         replies = {}
         for method in cat.methods_for(cat.CHARGER):
-            if method.name in self.charger.methods:
+            if method.name in self.charger.methods and (
+                self.methods is None or method.name in self.methods
+            ):
                 raw = dict(self.charger.read(method.name))
                 if method.name == "Charger_info.Get":
                     raw.update(self.overrides)
@@ -60,9 +73,9 @@ class Sim:
         )
 
 
-def make_sim(name: str, profile: str, seed: int) -> Sim:
+def make_sim(name: str, profile: str, seed: int, anomalies: Anomalies | None = None) -> Sim:
     clock = ManualClock()
-    charger = make_device(name, profile, seed=seed, clock=clock)
+    charger = make_device(name, profile, seed=seed, clock=clock, anomalies=anomalies)
     assert isinstance(charger, Charger)
     # Poll at whole device seconds: the device's own time is whole seconds, so the truth's
     # boundaries are exactly where a poll can first see them.
@@ -104,6 +117,8 @@ def check_against_truth(finished: list[Session], expected: list[dict[str, Any]])
         assert s.end is not None
         assert want["end"] <= s.end < want["end"] + INTERVAL
         assert not s.open
+        # Every anomaly the simulator injected is flagged, and nothing else.
+        assert s.anomalies == want["anomalies"], (want["session_id"], want)
     matched = {
         round(s.start)
         for s in finished
@@ -125,9 +140,41 @@ def test_ledger_equals_simulator_truth_over_days_of_sessions(profile: str) -> No
 
     assert len(expected) >= 25
     check_against_truth(finished, expected)
-    assert sum(sum(s.anomalies.values()) for s in finished) == 0
-    assert all(v == 0 for v in ledger.devices["garage"].counters.anomalies.values())
+    flagged = Counter[str]()
+    for s in finished:
+        flagged.update(s.anomalies)
+    assert ledger.devices["garage"].counters.anomalies == dict(flagged)
     assert ledger.devices["garage"].counters.sessions == len(finished)
+
+
+# The methods whose replies carry what the ledger reads: polling only them keeps days of
+# sessions a matter of seconds.
+SESSION_METHODS = frozenset({"Charger_info.Get", "Counters_config.Get"})
+# Many of each anomaly, with durations tuned to this poll interval.
+OFTEN = Anomalies(flap=0.4, energy_reset=0.4, reboot=0.4, poll_interval=INTERVAL)
+
+
+@pytest.mark.parametrize(("profile", "seed"), [("1p7k", 31), ("3p22k", 32), ("1p7k-old", 33)])
+def test_ledger_flags_every_anomaly_the_simulator_injected_and_nothing_else(
+    profile: str, seed: int
+) -> None:
+    sim = make_sim("odd", profile, seed=seed, anomalies=OFTEN)
+    sim.methods = SESSION_METHODS
+    ledger = Ledger(INTERVAL)
+    start = sim.clock.now()
+    finished = run(sim, ledger, 2.5 * 86400)
+    expected = truth(sim, start, sim.clock.now() - 4 * INTERVAL)
+
+    assert len(expected) >= 30
+    injected = Counter[str]()
+    for want in expected:
+        injected.update(want["anomalies"])
+    assert min(injected[k] for k in ("state_flap", "energy_reset", "gap")) >= 3, injected
+    # Short reboots too, which lose at most one poll and are nothing to flag.
+    assert any(w["reboots"] > w["anomalies"].get("gap", 0) for w in expected)
+    # Each session once, its energy within 1 Wh, its boundaries within a poll interval, and
+    # exactly the anomalies injected into it.
+    check_against_truth(finished, expected)
 
 
 def test_ledger_without_session_id_still_splits_sessions_by_state() -> None:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import zlib
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,15 @@ import pytest
 import yaml
 
 from exporter.simulator import (
+    NO_ANOMALIES,
+    Anomalies,
     DeviceSpec,
     ManualClock,
     SimulatedFleet,
     make_device,
 )
 from exporter.simulator.cli import add_arguments, plan_fleet
+from exporter.simulator.device import Charger
 from exporter.simulator.server import ControlServer
 from harness.processes import free_port
 
@@ -107,11 +111,11 @@ async def get(session: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
 
 
 def history(
-    profile: str, seed: int, days: float, step: float
+    profile: str, seed: int, days: float, step: float, anomalies: Anomalies | None = None
 ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """(Charger_info, Counters_config) polled every ``step`` simulated seconds."""
     clock = ManualClock()
-    device = make_device("c", profile, seed=seed, clock=clock)
+    device = make_device("c", profile, seed=seed, clock=clock, anomalies=anomalies)
     polls = []
     for _ in range(int(days * 86400 / step)):
         clock.advance(step)
@@ -126,7 +130,8 @@ def history(
 def test_counters_never_decrease_and_energy_follows_power(profile: str) -> None:
     step = 47.0
     max_watts = 32 * 242 * (3 if profile == "3p22k" else 1)
-    polls = history(profile, seed=3, days=4, step=step)
+    # Without energy resets, which take session_energy back to 0 on purpose.
+    polls = history(profile, seed=3, days=4, step=step, anomalies=NO_ANOMALIES)
     for (info0, count0), (info1, count1) in itertools.pairwise(polls):
         assert info1["total_charged_energy"] >= info0["total_charged_energy"]
         assert info1["session_id"] >= info0["session_id"]
@@ -217,7 +222,8 @@ def test_paused_and_error_states_report_consistently() -> None:
 
 
 def test_session_end_records_last_session_energy() -> None:
-    polls = history("1p7k", seed=7, days=3, step=30)
+    # Without energy resets: after one, last_session_energy is the whole session's, more.
+    polls = history("1p7k", seed=7, days=3, step=30, anomalies=NO_ANOMALIES)
     ended = 0
     for (info0, _), (info1, count1) in itertools.pairwise(polls):
         if (
@@ -228,6 +234,84 @@ def test_session_end_records_last_session_energy() -> None:
             ended += 1
             assert abs(count1["last_session_energy"] - info1["session_energy"]) <= 1
     assert ended >= 2
+
+
+ALWAYS = Anomalies(flap=1.0, energy_reset=1.0, reboot=1.0)
+
+
+def test_anomalies_are_seeded_and_each_session_records_what_it_got() -> None:
+    def walk(anomalies: Anomalies) -> tuple[list[tuple[Any, ...]], list[dict[str, Any]]]:
+        clock = ManualClock()
+        device = make_device("c", "1p7k", seed=12, clock=clock, anomalies=anomalies)
+        assert isinstance(device, Charger)
+        seen = []
+        for _ in range(2 * 86400 // 5):
+            clock.advance(5)
+            offline = device.offline
+            info = device.read("Charger_info.Get")
+            seen.append(
+                (offline, info["charger_state"], info["session_id"], info["session_energy"])
+            )
+        return seen, list(device.generated)
+
+    seen, truth = walk(ALWAYS)
+    again, _ = walk(ALWAYS)
+    assert seen == again  # the same seed, the same episodes
+    done = [s for s in truth if s["end"] is not None]
+    assert len(done) >= 8
+    kinds = Counter[str]()
+    for s in done:
+        kinds.update(s["anomalies"])
+        assert s["reboots"] >= ("gap" in s["anomalies"])
+    assert min(kinds["state_flap"], kinds["energy_reset"], kinds["gap"]) >= 2
+    # Inside a session: a reset takes session_energy to 0 in a pause; a flap reads A with the
+    # same session_id; a reboot answers nothing for a while.
+    pairs = list(itertools.pairwise(seen))
+    assert any(b[3] == 0 < a[3] and a[2] == b[2] and b[1] == "B" for a, b in pairs)
+    assert any(a[1] == "C" and b[1] == "A" and a[2] == b[2] for a, b in pairs)
+    assert any(b[0] and not a[0] and a[2] == b[2] for a, b in pairs)
+
+    quiet, plain = walk(NO_ANOMALIES)
+    assert not any(offline for offline, *_ in quiet)
+    assert all(s["anomalies"] == {} and s["reboots"] == 0 for s in plain)
+
+
+def test_after_an_energy_reset_last_session_energy_is_the_whole_sessions() -> None:
+    clock = ManualClock()
+    device = make_device("c", "1p7k", seed=12, clock=clock, anomalies=ALWAYS)
+    assert isinstance(device, Charger)
+    checked = 0
+    done = 0
+    for _ in range(2 * 86400 // 30):
+        clock.advance(30)
+        last = device.read("Counters_config.Get")["last_session_energy"]
+        ended = [s for s in device.generated if s["end"] is not None]
+        if len(ended) > done:
+            done = len(ended)
+            assert last == round(ended[-1]["wh"])
+            checked += "energy_reset" in ended[-1]["anomalies"]
+    assert checked >= 3
+
+
+@bounded(20)
+async def test_a_reboot_resets_connections_over_the_socket_then_the_session_goes_on(
+    session: aiohttp.ClientSession,
+) -> None:
+    spec = DeviceSpec("c1", "1p7k", seed=12, anomalies=Anomalies(0.0, 0.0, 1.0))
+    async with SimulatedFleet([spec], speed=3000.0) as fleet:
+        device = fleet.device("c1")
+        assert isinstance(device, Charger)
+        answers: list[tuple[bool, int | None]] = []
+        while not (answers and answers[-1][0] and any(not ok for ok, _ in answers)):
+            try:
+                _, info = await get(session, fleet.url("c1") + "/rpc/Charger_info.Get")
+                answers.append((True, info["session_id"]))
+            except aiohttp.ClientError:
+                answers.append((False, None))
+            await asyncio.sleep(0.01)
+    down = next(i for i, (ok, _) in enumerate(answers) if not ok)
+    up = next(i for i in range(down, len(answers)) if answers[i][0])
+    assert down > 0 and answers[down - 1][1] == answers[up][1]  # the same session after it
 
 
 @bounded(10)

@@ -6,8 +6,10 @@ call log and control API; ``cli`` the ``simulate`` command.
 
 from .device import (
     DEFAULT_PROFILES,
+    NO_ANOMALIES,
     PROFILES,
     UNKNOWN_METHOD_ANSWERS,
+    Anomalies,
     Device,
     ManualClock,
     SimClock,
@@ -29,9 +31,11 @@ __all__ = [
     "COMPRESSIONS",
     "DEFAULT_PROFILES",
     "FAULT_MODES",
+    "NO_ANOMALIES",
     "PROFILES",
     "SPELLINGS",
     "UNKNOWN_METHOD_ANSWERS",
+    "Anomalies",
     "CallRecord",
     "ControlServer",
     "Device",

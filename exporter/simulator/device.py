@@ -33,6 +33,14 @@ profile (``Profile.unknown_method``) or per device: ``http404`` (404 with an err
 Time: a device reads a ``Clock`` (simulated seconds). Chargers walk a scripted, seeded sequence
 of segments (A, B, B_AUTH, C, B_PAUSE, ...) and integrate energy and time in closed form, so
 the same seed, name and profile always give the same history, whatever the polling pattern.
+
+Session anomalies (``Anomalies``, each a seeded chance per session, rare by default): the
+end-of-charge flap (state A for between one and two of the consumer's poll intervals, same
+``session_id``), a session-energy reset (``Session_energy.Reset`` while paused) and a reboot
+mid-session (the device does not answer for a while, then the session goes on). They are drawn
+from a random stream of their own, so a history with them differs from one without only by the
+inserted episodes. Each generated session records the anomalies the exporter's ledger should
+flag for a consumer polling every ``Anomalies.poll_interval`` device seconds.
 """
 
 from __future__ import annotations
@@ -246,6 +254,45 @@ _ZERO3 = (0.0, 0.0, 0.0)
 GENERATED_KEPT = 10_000  # generated sessions a charger remembers (ground truth for tests)
 
 
+@dataclass(frozen=True)
+class Anomalies:
+    """Chances per session of the episodes that make a charger's session history irregular.
+
+    Durations are tuned to a consumer polling every ``poll_interval`` device seconds (the
+    exporter's default 15 s; at ``speed`` s a second, a real interval of ``i`` s is ``i *
+    speed`` device seconds):
+
+    - ``flap``: at the end of charging, state A for 1.25 to 1.75 intervals, so one or two
+      polls see it (the ledger's rule for a flap) even when polls start up to a quarter
+      interval late; same ``session_id``, then B until the car leaves;
+    - ``energy_reset``: a pause of at least two intervals, with ``session_energy`` set to 0
+      (``Session_energy.Reset``, allowed in state B) after the first, so a poll sees the pause
+      before the reset; the session's energy is the sum of both parts;
+    - ``reboot``: after a charging segment the device stops answering (a watchdog or brown-out
+      reboot; ``reset_counter`` counts it), then boots in state B and charging resumes. The
+      firmware keeps ``session_id``, ``session_energy`` and ``charging_time`` across it (they
+      are saved with the lifetime counters, and ``Device.Reset`` itself waits for a session
+      to end, so the session is meant to survive), and nothing is charged while it is down.
+      Two in three outages last 3.5 to 8 intervals (a ``gap`` for the ledger), one in three
+      0.3 to 0.6 intervals (at most one poll lost: nothing to flag).
+    """
+
+    flap: float = 0.02
+    energy_reset: float = 0.005
+    reboot: float = 0.003
+    poll_interval: float = 15.0
+
+    def __post_init__(self) -> None:
+        for name in ("flap", "energy_reset", "reboot"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"anomaly chance {name} must be within 0..1")
+        if not self.poll_interval > 0:
+            raise ValueError("poll_interval must be positive")
+
+
+NO_ANOMALIES = Anomalies(0.0, 0.0, 0.0)
+
+
 def _schedule(rng: random.Random) -> tuple[JSONDict, ...]:
     """A weekly charging schedule: none, cheap nights on weekdays, or a paused weekday peak."""
     roll = rng.random()
@@ -363,7 +410,9 @@ class Device(ABC):
         return json.dumps(garbled, separators=(",", ":")).encode()
 
     def _sync(self) -> None:
-        if self._advance(math.floor(self._clock.now() + self._offset)):
+        # The nudge keeps float noise (a clock at 12345.9999999 device seconds) from showing a
+        # poll meant for a whole second the second before.
+        if self._advance(math.floor(self._clock.now() + self._offset + 1e-6)):
             self._cache.clear()
 
     @abstractmethod
@@ -434,6 +483,10 @@ class _Segment:
     error: str | None = None
     starts_session: bool = False
     idle_error: bool = False  # the error is active without the state machine in E
+    flap: bool = False  # an A that does not end the session (the end-of-charge flap)
+    resets_energy: bool = False  # session_energy goes back to 0 as the segment begins
+    offline: bool = False  # rebooting: the device answers nothing
+    anomaly: str | None = None  # the ledger's kind for this episode, recorded in the truth
 
 
 @dataclass
@@ -446,6 +499,7 @@ class _Counters:
     session_wh: float = 0.0
     session_time_s: float = 0.0
     last_session_wh: int = 0
+    whole_session_wh: float = 0.0  # session_wh without its resets
 
 
 @dataclass
@@ -486,11 +540,19 @@ class Charger(Device):
         ssid: str,
         clock: Clock,
         charging_snapshot: bool = False,
+        anomalies: Anomalies | None = None,
     ) -> None:
         super().__init__(
             name, profile, seed=seed, serial=serial, alias=alias, ssid=ssid, clock=clock
         )
         rng = self._rng
+        if anomalies is None:
+            # A snapshot is the golden files' fixed point: no episode may move it.
+            anomalies = NO_ANOMALIES if charging_snapshot else Anomalies()
+        self.anomalies = anomalies
+        # A stream of its own: the anomaly chances change which episodes are inserted, never
+        # the rest of the script.
+        self._anomaly_rng = random.Random(f"{self._key}:anomalies")
         self._config = _ChargerConfig(
             install=rng.choice((16, 20, 25, 32, 32)),
             user=rng.choice((32, 32, 24, 16)),
@@ -521,7 +583,9 @@ class Charger(Device):
         self._logged: set[str] = set()
         self._in_session = False
         # Ground truth for tests of the exporter's session ledger: each session generated,
-        # {"session_id", "start", "end", "wh"} in clock seconds (end and wh None while open).
+        # {"session_id", "start", "end", "wh", "anomalies", "reboots"} in clock seconds (end
+        # and wh None while open); "anomalies" counts by ledger kind what a consumer polling
+        # every anomalies.poll_interval should flag, "reboots" every reboot, flagged or not.
         self.generated: deque[dict[str, Any]] = deque(maxlen=GENERATED_KEPT)
         self._script = self._sessions()
         self._t = 0.0
@@ -535,6 +599,12 @@ class Charger(Device):
     def extended_state(self) -> str:
         self._sync()
         return self._segment.state
+
+    @property
+    def offline(self) -> bool:
+        """Rebooting: a real unit would answer nothing now."""
+        self._sync()
+        return self._segment.offline
 
     def hold_error(self, cause: str, seconds: float = 365 * 86400.0) -> None:
         """Go to state E now with `cause` among the active errors, for `seconds` of device
@@ -569,6 +639,7 @@ class Charger(Device):
             wh = self._power * dt / 3600.0
             c = self._counters
             c.session_wh += wh
+            c.whole_session_wh += wh
             c.total_wh += wh
             c.session_time_s += dt
             c.total_time_s += dt
@@ -578,21 +649,42 @@ class Charger(Device):
 
     def _enter(self, segment: _Segment) -> None:
         c = self._counters
-        if segment.state == "A" and self._in_session:
+        if segment.state == "A" and self._in_session and not segment.flap:
             self._in_session = False
-            c.last_session_wh = round(c.session_wh)
+            # The whole session's energy, resets or not: firmware keeps this figure apart from
+            # the session_energy the app may reset (what the ledger cross-checks against).
+            c.last_session_wh = round(c.whole_session_wh)
             if self.generated:
-                self.generated[-1].update(end=self._t - self._offset, wh=c.session_wh)
+                self.generated[-1].update(end=self._t - self._offset, wh=c.whole_session_wh)
         if segment.starts_session:
             self._in_session = True
             c.session_id += 1
             c.sessions += 1
             c.session_wh = 0.0
+            c.whole_session_wh = 0.0
             c.session_time_s = 0.0
             start = self._t - self._offset
             self.generated.append(
-                {"session_id": c.session_id, "start": start, "end": None, "wh": None}
+                {
+                    "session_id": c.session_id,
+                    "start": start,
+                    "end": None,
+                    "wh": None,
+                    "anomalies": {},
+                    "reboots": 0,
+                }
             )
+        if segment.resets_energy:
+            c.session_wh = 0.0
+        if segment.offline:
+            c.reset_counter += 1
+        if self._in_session and self.generated:
+            truth = self.generated[-1]
+            if segment.offline:
+                truth["reboots"] += 1
+            if segment.anomaly is not None:
+                kinds = truth["anomalies"]
+                kinds[segment.anomaly] = kinds.get(segment.anomaly, 0) + 1
         if segment.limits is not None:
             self._limits = segment.limits
         if segment.error and segment.idle_error:
@@ -635,17 +727,76 @@ class Charger(Device):
             if rng.random() < 0.1:
                 yield _Segment("B_SCHEDULER", rng.uniform(300, 1800), self._grid())
             car = rng.choice(self._config.cars)
+            odd = self._anomaly_rng
+            chance = self.anomalies
+            # At most one of each per session, each after some charging has been done; none in
+            # the history before the clock starts (the offset that spreads a fleet), which so
+            # stays what it is without anomalies.
+            live = self._t >= self._offset
+            reset = odd.random() < chance.energy_reset and live
+            reboot = odd.random() < chance.reboot and live
+            flap = odd.random() < chance.flap and live
+            last = ""
             for _ in range(rng.randint(2, 6)):
-                yield self._charging(car)
+                charging = self._charging(car)
+                yield charging
+                last = charging.state
+                if last == "C" and reset:
+                    reset = False
+                    yield from self._energy_reset(charging.voltages)
+                    last = "B_PAUSE"
+                elif last == "C" and reboot:
+                    reboot = False
+                    yield from self._reboot(charging.voltages)
+                    last = "B"
                 roll = rng.random()
                 if roll < 0.05:
                     yield _Segment(
                         "E", rng.uniform(30, 300), self._grid(), error=rng.choice(_ERROR_CAUSES)
                     )
+                    last = "E"
                     break
                 if roll < 0.2:
                     yield _Segment("B_PAUSE", rng.uniform(120, 900), self._grid())
-            yield _Segment("B", rng.uniform(120, 1800), self._grid())
+                    last = "B_PAUSE"
+            final = _Segment("B", rng.uniform(120, 1800), self._grid())
+            if flap and last == "C":
+                # Charging just stopped: the pilot reads A for a moment, then B until unplugged.
+                interval = chance.poll_interval
+                yield _Segment(
+                    "A",
+                    odd.uniform(1.25, 1.75) * interval,
+                    final.voltages,
+                    flap=True,
+                    anomaly="state_flap",
+                )
+                # The ledger needs a poll in B after the flap, or the flap is the session's end.
+                final = _Segment("B", max(final.duration, 2 * interval), final.voltages)
+            yield final
+
+    def _energy_reset(self, voltages: tuple[float, float, float]) -> Iterator[_Segment]:
+        """A pause in which the app resets session_energy once a poll has seen the pause."""
+        odd, interval = self._anomaly_rng, self.anomalies.poll_interval
+        yield _Segment("B_PAUSE", odd.uniform(2.0, 4.0) * interval, voltages)
+        yield _Segment(
+            "B_PAUSE",
+            odd.uniform(2.0, 6.0) * interval,
+            voltages,
+            resets_energy=True,
+            anomaly="energy_reset",
+        )
+
+    def _reboot(self, voltages: tuple[float, float, float]) -> Iterator[_Segment]:
+        """Down for a while, then booting in B (the car still plugged in) before charging on."""
+        odd, interval = self._anomaly_rng, self.anomalies.poll_interval
+        if odd.random() < 2 / 3:
+            yield _Segment(
+                "B", odd.uniform(3.5, 8.0) * interval, voltages, offline=True, anomaly="gap"
+            )
+        else:
+            # Short enough that at most one poll fails, even when polls start a little late.
+            yield _Segment("B", odd.uniform(0.3, 0.6) * interval, voltages, offline=True)
+        yield _Segment("B", odd.uniform(1.5, 3.0) * interval, voltages)
 
     def _charging(self, car_max: int) -> _Segment:
         rng = self._rng
@@ -993,11 +1144,13 @@ def make_device(
     ssid: str = "HomeNet",
     clock: Clock | None = None,
     frozen: bool = False,
+    anomalies: Anomalies | None = None,
 ) -> Device:
     """Build a device of a named profile; ValueError for an unknown profile.
 
     ``frozen`` pins the device at a deterministic snapshot (chargers mid-charge); without an
-    explicit ``clock`` it also gets a frozen one.
+    explicit ``clock`` it also gets a frozen one. ``anomalies`` (chargers only): the chances
+    of irregular sessions; when None, ``Anomalies()``, or none at all for a frozen snapshot.
     """
     try:
         prof = PROFILES[profile]
@@ -1017,4 +1170,5 @@ def make_device(
         ssid=ssid,
         clock=clock,
         charging_snapshot=frozen,
+        anomalies=anomalies,
     )

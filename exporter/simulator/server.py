@@ -36,7 +36,11 @@ aiohttp.web so faults can break the exchange at any byte and thousands of listen
 ``ControlServer`` serves the control API for one or more shards (a fleet, or a worker process
 holding one): ``GET /devices``, ``GET /calls``, ``POST /devices/{name}/fault`` ``{"mode": ...}``,
 ``POST /devices/{name}/alias`` ``{"alias": ...}``, ``POST /devices/{name}/spelling``
-``{"mode": ...}``, ``POST /devices/{name}/unknown`` ``{"mode": ...}``.
+``{"mode": ...}``, ``POST /devices/{name}/unknown`` ``{"mode": ...}``, ``GET
+/devices/{name}/sessions`` (a charger's generated sessions with the anomalies injected).
+
+While a charger reboots in its script (``DeviceSpec.anomalies``), every connection to it is
+reset, whatever its fault.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ from aiohttp import web
 
 from .device import (
     UNKNOWN_METHOD_ANSWERS,
+    Anomalies,
     Charger,
     Device,
     JSONDict,
@@ -144,6 +149,7 @@ class DeviceSpec:
     compress: str = "none"  # COMPRESSIONS: replies compressed for clients that accept it
     lacks: tuple[str, ...] = ()  # canonical read methods this firmware does not have
     method_faults: dict[str, str] | None = None  # canonical method → fault, for it alone
+    anomalies: Anomalies | None = None  # chargers: chances of irregular sessions (None: rare)
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +272,8 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
         self._endpoint.connections.add(self)
+        if self._endpoint.rebooting():
+            self.reset()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._endpoint.connections.discard(self)
@@ -374,6 +382,11 @@ class _Endpoint:
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(lambda: _Connection(self), sock=sock)
 
+    def rebooting(self) -> bool:
+        """A charger in a reboot of its script: every connection is reset at once, which a
+        client sees much as a refused one (the listening socket stays, so no rebinding)."""
+        return isinstance(self.device, Charger) and self.device.offline
+
     def close(self) -> None:
         if self.server is not None:
             self.server.close()  # closes the listening socket synchronously
@@ -389,6 +402,9 @@ class _Endpoint:
         else:
             rpc = unquote(path[5:]) if path.startswith("/rpc/") else path
         self.fleet.record(self.name, request.method, rpc)
+        if self.rebooting():
+            connection.reset()  # a connection kept alive from before the reboot is gone too
+            return
         fault = self.fault
         if self.method_faults:
             fault = self.method_faults.get(self._methods.get(rpc.lower(), ""), fault)
@@ -575,6 +591,7 @@ class SimulatedFleet:
                 ssid=spec.ssid,
                 clock=self.clock,
                 frozen=frozen,
+                anomalies=spec.anomalies,
             )
             self._endpoints[spec.name] = _Endpoint(self, spec, device, address)
 
@@ -736,7 +753,12 @@ class SimulatedFleet:
             return {"error": f"{name} is not a charger", "status": 400}
         unix = self.clock.unix
         return [
-            {**s, "start": unix(s["start"]), "end": None if s["end"] is None else unix(s["end"])}
+            {
+                **s,
+                "start": unix(s["start"]),
+                "end": None if s["end"] is None else unix(s["end"]),
+                "anomalies": dict(s["anomalies"]),
+            }
             for s in device.generated
         ]
 
