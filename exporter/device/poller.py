@@ -276,8 +276,9 @@ class DevicePoller:
             if st.model.kind == kind:
                 raise
             return await self._main(st, ctx)
-        st.supported[main] = True
-        st.method_samples = None
+        if st.supported.get(main) is not True:  # else the method samples stay as they are
+            st.supported[main] = True
+            st.method_samples = None
         ctx.fresh[main] = reply
         ctx.main_ok = True
         return reply
