@@ -28,7 +28,7 @@ from exporter.reading import Reading, Sample
 from exporter.simulator.device import PROFILES as SIM_PROFILES
 from exporter.simulator.device import ManualClock, make_device
 
-from .test_normalise import REPLIES
+from .test_normalise import CS, NIGHTS, REPLIES, TUESDAY_2130_UTC, charger_info
 
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 PROFILES = tuple(SIM_PROFILES)
@@ -122,6 +122,43 @@ def test_memo_tells_apart_values_equal_but_of_another_type() -> None:
 
         assert extract(model, replies, memo_dropped, memo=memo) == plain
         assert memo_dropped == plain_dropped
+
+
+@pytest.mark.parametrize(
+    "app",
+    [
+        {"timezone": "Europe/Bucharest"},
+        {"timezone": "", "gmt_offset": 1},
+        {"timezone": "", "gmt_offset": 1.0123},  # an offset of whole seconds, not minutes
+    ],
+)
+def test_memo_works_the_schedule_out_again_when_its_minute_changes(app: dict[str, Any]) -> None:
+    """The schedule rows depend on the time; the memo reuses them within one minute of the
+    device's week only. Polls every 7 s across the hour a schedule interval starts."""
+    model = cat.MODELS["1p7k"]
+    replies = {
+        m: normalise_reply(r)
+        for m, r in {
+            "Charger_info.Get": charger_info(),
+            "App_config.Get": {"charging_schedule_enabled": True, **app},
+            CS: {"charging_schedule": [*NIGHTS, {"start_d": 9}]},  # one unreadable interval
+        }.items()
+    }
+    memo = Memo()
+    reused = 0
+    start = TUESDAY_2130_UTC - 3600 * 4
+    for now in range(int(start), int(start + 3600 * 3), 7):
+        plain_dropped: Counter[str] = Counter()
+        memo_dropped: Counter[str] = Counter()
+        plain = extract(model, replies, plain_dropped, now=now)
+        before = memo.samples
+        incremental = extract(model, replies, memo_dropped, memo=memo, now=now)
+
+        assert incremental == plain
+        assert memo_dropped == plain_dropped
+        schedule = [s for s in incremental if s.metric.startswith("lektrico_schedule_")]
+        reused += all(any(s is b for b in before) for s in schedule)
+    assert reused > 1000  # most polls fall in a minute already worked out
 
 
 @PROPERTY

@@ -15,8 +15,16 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from exporter.device.client import MAX_REPLY_BYTES, DeviceClient, MethodUnknown, PollError
+from exporter.device.client import (
+    MAX_REPLY_BYTES,
+    DeviceClient,
+    MethodUnknown,
+    PollError,
+    parse_json,
+)
 
 CHARGER_INFO = {"charger_state": "C", "instant_power": 1179.57, "currents": [5.468, 0, 0]}
 BOUND = 5.0  # no test may wait longer than this for a reply
@@ -497,3 +505,69 @@ async def test_deeply_nested_json_is_a_json_error_not_a_recursion_error(
     error = await poll_error(client)
 
     assert error.reason == "json"
+
+
+# ---- decoding: json.loads' result, whichever parser gives it ------------------------------
+
+JSON_BODIES = [
+    b'{"a": 123456789012345678901234567890}',  # beyond 64 bits: json keeps the exact int
+    b'{"a": -9223372036854775809, "b": 18446744073709551616}',
+    b'{"a": 9223372036854775807, "b": -9223372036854775808}',
+    b'{"serial": 1234567890123456789}',
+    b'{"a": 0.1234567890123456789012, "b": 1e-7, "c": 2.5E+3, "d": -0.0, "e": -0}',
+    b'{"a": NaN, "b": Infinity, "c": -Infinity}',
+    b'{"a": 1e999, "b": -1e999, "c": 1e-999}',
+    b'{"a": 1, "b": 2, "a": 3}',
+    b'\xef\xbb\xbf{"a": 1}',
+    '{"a": "é"}'.encode("utf-16"),
+    b'{"a": "\\ud800", "b": "\\ud83d\\ude00", "c": "\\u00e9"}',
+    b'{"a": "\xff"}',
+    b'{"a": "tab\there"}',
+    b"[" * 1100 + b"]" * 1100,
+    b'{"a": [' + b"[" * 400 + b"]" * 400 + b"]}",
+    b' \t\r\n{"a": [1, 2.0, "3", true, false, null, {}]} \n',
+    b'{"a": 1} x',
+    b"",
+    b"\x00",
+]
+
+
+@pytest.mark.parametrize("body", JSON_BODIES)
+def test_reply_decodes_as_json_loads_decodes_it(body: bytes) -> None:
+    try:
+        expected: object = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        expected = (type(exc), str(exc))
+    try:
+        got: object = parse_json(body)
+    except (ValueError, RecursionError) as exc:
+        got = (type(exc), str(exc))
+
+    assert repr(got) == repr(expected)  # repr: NaN, -0.0 and int against float told apart
+    assert [type(v) for v in _values(got)] == [type(v) for v in _values(expected)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    value=st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.text(),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+        max_leaves=20,
+    )
+)
+def test_any_json_decodes_as_json_loads_decodes_it(value: object) -> None:
+    body = json.dumps(value).encode()
+
+    assert repr(parse_json(body)) == repr(json.loads(body))
+
+
+def _values(data: object) -> list[object]:
+    if isinstance(data, dict):
+        return [v for value in data.values() for v in _values(value)]
+    if isinstance(data, list):
+        return [v for value in data for v in _values(value)]
+    return [data]

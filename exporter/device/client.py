@@ -25,6 +25,7 @@ import zlib
 from typing import Any
 
 import aiohttp
+import orjson
 from yarl import URL
 
 log = logging.getLogger("lektrico.device")
@@ -232,10 +233,29 @@ class DeviceClient:
         return bytes(body)
 
 
+# orjson parses a reply several times faster than json, but not always to the same values: a
+# number of 19 digits or more can be beyond 64 bits, where orjson gives a float and json the
+# exact int (a serial number, a label). Such bodies, and every body orjson refuses (NaN and
+# Infinity, a byte order mark, UTF-16, lone surrogates, deep nesting), are json's: the result,
+# or the error and its message, are json.loads' whichever parses.
+_DIGITS = bytes(ord("0") if chr(i).isdigit() and i < 128 else ord(" ") for i in range(256))
+_LONG_NUMBER = b"0" * 19
+
+
+def parse_json(body: bytes) -> Any:
+    """json.loads(body), faster."""
+    if _LONG_NUMBER not in body.translate(_DIGITS):
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(body)
+
+
 def decode_reply(body: bytes, method: str) -> dict[str, Any]:
     """Parse a reply body; an error frame or anything but a JSON object is a PollError."""
     try:
-        data = json.loads(body)
+        data = parse_json(body)
     except (ValueError, RecursionError) as exc:
         raise MethodUnknown(
             "json", f"reply is not JSON ({one_line(str(exc), 80)})", method

@@ -142,6 +142,14 @@ class Extractor:
         self.replies = replies
         self.dropped = dropped
         self.now = now  # unix time of the poll, for the schedule
+        self.minute: int | None = None  # of the week, once worked out
+
+    def week_minute(self) -> int | None:
+        """The poll's minute of the week in the device's zone (None without a time): the
+        only thing of the time the schedule rows read."""
+        if self.minute is None and self.now is not None:
+            self.minute = week_minute(self.now, self._zone())
+        return self.minute
 
     def _raw(self, src: cat.Src) -> tuple[bool, Any]:
         reply = self.replies.get(src.method)
@@ -214,7 +222,8 @@ class Extractor:
             return []
         current = None
         if enabled:
-            minute = week_minute(self.now, self._zone())
+            minute = self.week_minute()
+            assert minute is not None
             # Both rows read the intervals; unreadable ones count once, with "active".
             drops = self.dropped if ex.part == "active" else Counter()
             current = active_interval(intervals, minute, drops)
@@ -445,7 +454,7 @@ class Memo:
     (the memo keeps the last one to compare with).
     """
 
-    __slots__ = ("drops", "model", "replies", "samples", "spans")
+    __slots__ = ("drops", "minute", "model", "replies", "samples", "spans")
 
     def __init__(self) -> None:
         self.model: Model | None = None
@@ -455,6 +464,8 @@ class Memo:
         # when the row was not worked out (another model's row, or LIVE while down).
         self.spans = array("i")  # compact: a device keeps ~140 of these
         self.drops: dict[int, tuple[str, ...]] = {}  # row → drop reasons, only rows with drops
+        # The week minute the time-dependent rows were worked out for, if they read it.
+        self.minute: int | None = None  # of the week, once worked out
 
     def extract(
         self,
@@ -476,7 +487,14 @@ class Memo:
                 continue
             start = len(out)
             at = spans[2 * i] if valid else -1
-            if at >= 0 and i not in _TIMED and (not changed or changed.isdisjoint(depends)):
+            if (
+                at >= 0
+                and (not changed or changed.isdisjoint(depends))
+                # A time-dependent row reads the time as its minute of the week, and only that.
+                and (
+                    i not in _TIMED or (self.minute is not None and self.minute == ex.week_minute())
+                )
+            ):
                 out.extend(last[at : at + spans[2 * i + 1]])
                 reasons = drops.get(i)
                 if reasons:
@@ -493,6 +511,7 @@ class Memo:
             new_spans[2 * i + 1] = len(out) - start
         self.model, self.replies = model, replies
         self.samples, self.spans, self.drops = tuple(out), new_spans, new_drops
+        self.minute = ex.minute
         return out
 
 

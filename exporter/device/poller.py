@@ -275,8 +275,9 @@ class DevicePoller:
             if st.model.kind == kind:
                 raise
             return await self._main(st, ctx)
-        st.supported[main] = True
-        st.method_samples = None
+        if st.supported.get(main) is not True:  # else the method samples stay as they are
+            st.supported[main] = True
+            st.method_samples = None
         ctx.fresh[main] = reply
         ctx.main_ok = True
         return reply
@@ -373,12 +374,22 @@ class DevicePoller:
     def _slow_due(self, st: DeviceState, ctx: _Poll) -> list[str]:
         """The slow methods due, longest waiting first (then in catalogue order)."""
         assert st.model is not None
+        slow, unsupported = _SLOW_METHODS[st.model.kind], st.unsupported
+        shortest, fetched = self.settings.slow_interval, st.fetched
+        # None is due sooner than slow_interval after it was asked (_matters only makes that
+        # longer): most polls find nothing due without reading a reply.
+        if all(
+            ctx.now - fetched.get(m.name, -math.inf) < shortest
+            for _, m in slow
+            if m.name not in unsupported
+        ):
+            return []
         known = st.replies.known(ctx.fresh)
         due = []
-        for index, m in enumerate(cat.methods_for(st.model.kind)):
-            if m.cadence is not Cadence.SLOW or m.name in st.unsupported:
+        for index, m in slow:
+            if m.name in unsupported:
                 continue
-            every = self.settings.slow_interval
+            every = shortest
             if not _matters(m, known):
                 every = max(every, self.settings.identity_interval)
             last = st.fetched.get(m.name, -math.inf)
@@ -465,6 +476,11 @@ class DevicePoller:
 
 
 _METHOD_ORDER = {m.name: i for i, m in enumerate(cat.METHODS)}
+# Per device kind, the slow methods with their index among the kind's methods.
+_SLOW_METHODS = {
+    kind: tuple((i, m) for i, m in enumerate(cat.methods_for(kind)) if m.cadence is Cadence.SLOW)
+    for kind in (cat.CHARGER, cat.METER)
+}
 
 
 def method_samples(st: DeviceState) -> tuple[tuple[Sample, ...], tuple[Sample, ...]]:
