@@ -36,8 +36,9 @@ profiles and on firmware lacking every optional method (`--first-poll`), and the
 poll counted by the devices over one whole identity interval, the intervals scaled down in the
 product's ratios (`--cadence-devices`, `--cadence-interval`); for each size in `--state-off`,
 the window again with the state store off, for the session ledger's cost; after them, with
-`--shards N`, N devices over `--shard-count` exporter replicas. The poll lateness of every
-window comes from the simulator's call log (bench.lateness).
+`--shards N`, N devices over `--shard-count` exporter replicas; last (`--ends`), the small end
+(bench.small) and the status page's data (bench.status_api), each in its own process. The poll
+lateness of every window comes from the simulator's call log (bench.lateness).
 
 RSS per device is (RSS at the end of the window - RSS of the same exporter with no devices) / N.
 Every loop is bounded in count and time; every process started here is stopped at the end, also
@@ -68,6 +69,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.ends import ends_phase
 from bench.measure import exporter_baseline_rss, measure_size
 from bench.perpoll import cadence_phase, first_poll_budget
 from bench.plot import plot
@@ -121,6 +123,11 @@ async def run(opts: argparse.Namespace, procs: Processes) -> int:
             print(f"\n... {opts.shards:,} devices over shard replicas", flush=True)
             phases["shards"] = await shards_phase(opts, procs, out, session, baseline)
             timings["shards"] = round(time.monotonic() - t0, 1)
+    ends: dict[str, str] = {}
+    if opts.ends:
+        t0 = time.monotonic()
+        ends = await ends_phase()
+        timings["small end and status page"] = round(time.monotonic() - t0, 1)
     verdict_list = summarise(results, phases, Path(opts.plot))
     report = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -139,6 +146,7 @@ async def run(opts: argparse.Namespace, procs: Processes) -> int:
         "phase_seconds": timings,
         "sizes": [asdict(r) for r in results],
         "phases": phases,
+        "ends": ends,
         "targets": [asdict(v) for v in verdict_list],
     }
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -168,6 +176,8 @@ def report_again(path: Path, plot_path: Path) -> int:
     print(f"from {path}: {report['command']} at {report['started']}; machine {report['machine']}")
     for res in results:
         print_size(res)
+    for heading, text in report.get("ends", {}).items():
+        print(f"\n== {heading} ==\n{text}", end="")
     verdict_list = summarise(results, report.get("phases", {}), plot_path)
     report["targets"] = [asdict(v) for v in verdict_list]
     path.write_text(json.dumps(report, indent=2) + "\n")
@@ -269,6 +279,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         type=float,
         default=0.25,
         help="its poll interval; slow and identity intervals 40x and 240x it (default 0.25)",
+    )
+    p.add_argument(
+        "--ends",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after the fleets, the small end (bench.small) and the status page's data"
+        " (bench.status_api), each in its own process (default on)",
     )
     p.add_argument(
         "--first-poll",

@@ -69,7 +69,7 @@ def test_benchmark_prints_every_figure_for_a_tiny_fleet(tmp_path: Path) -> None:
         "--capacity-warmup", "2", "--capacity-seconds", "2",
         "--address-base", address_base, "--device-port", str(free_port()),
         "--out", str(out_dir), "--plot", str(plot),
-        "--cadence-devices", "0", "--no-first-poll", "--state-off", "",
+        "--cadence-devices", "0", "--no-first-poll", "--state-off", "", "--no-ends",
     ]  # fmt: skip
 
     # Act
@@ -99,7 +99,7 @@ def test_benchmark_counts_first_polls_and_polls_a_sharded_fleet(tmp_path: Path) 
     args = [
         "--sizes", "", "--shards", "30", "--shard-count", "2", "--interval", "3",
         "--duration", "3", "--sim-processes", "2", "--settle-timeout", "10",
-        "--cadence-devices", "0", "--first-poll",
+        "--cadence-devices", "0", "--first-poll", "--no-ends",
         "--address-base", address_base, "--device-port", str(free_port()),
         "--out", str(out_dir), "--plot", str(tmp_path / "performance.png"),
     ]  # fmt: skip
