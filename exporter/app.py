@@ -34,7 +34,7 @@ def target_of(device: DeviceConfig) -> Target:
     auth = None
     if device.username is not None:
         password = device.password.get_secret_value() if device.password else ""
-        auth = aiohttp.BasicAuth(device.username, password)
+        auth = aiohttp.encode_basic_auth(device.username, password)
     return Target(
         name=device.name,
         base_url=device.base_url,

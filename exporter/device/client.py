@@ -82,14 +82,16 @@ class DeviceClient:
         session: aiohttp.ClientSession,
         base_url: str,
         *,
-        auth: aiohttp.BasicAuth | None = None,
+        auth: str | None = None,
         max_reply_bytes: int = MAX_REPLY_BYTES,
         name: str = "",
     ) -> None:
         self.name = name  # the device's, for debug logs
         self._session = session
         self._base = base_url.rstrip("/")
-        self._auth = auth
+        self._headers = {"Accept-Encoding": ACCEPT_ENCODING}
+        if auth is not None:  # the Authorization header's value, "Basic ..."
+            self._headers["Authorization"] = auth
         self._max = max_reply_bytes
         # Index into spellings() of the one this device answered; None until it answered once.
         self.spelling: int | None = None
@@ -161,8 +163,7 @@ class DeviceClient:
             async with self._session.get(
                 url,
                 allow_redirects=False,
-                auth=self._auth,
-                headers={"Accept-Encoding": ACCEPT_ENCODING},
+                headers=self._headers,
             ) as resp:
                 if resp.status != 200:
                     error = PollError if self._transient(resp.status) else MethodUnknown

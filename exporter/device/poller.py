@@ -72,7 +72,8 @@ class Target:
     labels: Labels = ()
     timeout: float | None = None
     model: str | None = None
-    auth: aiohttp.BasicAuth | None = None
+    # The Authorization header's value (HTTP basic auth); never shown in a repr or a log.
+    auth: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
