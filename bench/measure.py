@@ -158,7 +158,9 @@ async def measure_size(
         ready = time.monotonic()
         lap("exporter start")
         await bounded_sleep_until(ready + opts.interval + 2.0, exporter, "exporter")
-        await settle(res, session, f"{base}/metrics", exporter, ready + opts.settle_timeout)
+        await settle(
+            res, session, f"{base}/metrics", exporter, ready + opts.settle_timeout, opts.interval
+        )
         lap("first round")
 
         res.load_average.append(loadavg())

@@ -55,11 +55,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--profile", action="store_true", help="cProfile the window")
     p.add_argument(
         "--loop",
-        choices=["client", "poll", "publish"],
+        choices=["client", "poll", "publish", "full"],
         help="no scheduler: --concurrency workers in a loop for --window s, each taking the"
         " next device and doing only DeviceClient.get of its main method (client), the whole"
-        " Poller.poll (poll), or Poller.poll and publishing the reading (publish); CPU ms a"
-        " device each, flat out",
+        " Poller.poll (poll), Poller.poll and publishing the reading to an Exposition"
+        " (publish), or to the app's own outputs, the session ledger (with a tariff and a"
+        " state store in a temporary directory) before the exposition and the status board"
+        " (full); CPU ms a device each, flat out",
     )
     p.add_argument("--address-base", default="127.200.0.1")
     p.add_argument("--port", type=int, default=18080)
@@ -69,11 +71,33 @@ def parse_args() -> argparse.Namespace:
     return opts
 
 
+def full_exporter(opts: argparse.Namespace, state_dir: Path, metrics: SelfMetrics) -> Poller:
+    """The app's poller with its own sink chain, and the ledger's store open (its flushes run
+    in the store's thread, as in the exporter)."""
+    from bench.ledgercost import TARIFFS
+    from exporter.app import Exporter
+    from exporter.config.schema import parse_config
+
+    timeout = opts.timeout if opts.timeout is not None else min(5.0, opts.interval / 3)
+    config = parse_config(
+        f"poll: {{interval: {opts.interval}, timeout: {timeout},"
+        f" concurrency: {opts.concurrency}}}\n"
+        f"state: {{path: '{state_dir / 'state.db'}'}}\n{TARIFFS}"
+    )
+    app = Exporter(config, metrics=metrics)
+    assert app.sessions is not None
+    app.sessions.open()
+    return app.poller
+
+
 async def measure(opts: argparse.Namespace, targets: list[dict[str, object]]) -> None:
     metrics = SelfMetrics()
     timeout = opts.timeout if opts.timeout is not None else min(5.0, opts.interval / 3)
     settings = PollSettings(interval=opts.interval, timeout=timeout, concurrency=opts.concurrency)
-    poller = Poller(settings, [Exposition().publish], metrics)
+    if opts.loop == "full":
+        poller = full_exporter(opts, Path(tempfile.mkdtemp(prefix="pollcost-")), metrics)
+    else:
+        poller = Poller(settings, [Exposition().publish], metrics)
     poller.set_targets(
         Target(str(t["name"]), f"http://{t['host']}", tuple(sorted(dict(t["labels"]).items())))  # type: ignore[call-overload]
         for t in targets
@@ -154,7 +178,7 @@ async def flat_out(opts: argparse.Namespace, poller: Poller) -> None:
                 await st.client.get(cat.MAIN_METHOD[st.model.kind])
             else:
                 reading = await poller.poll(st)
-                if opts.loop == "publish":
+                if opts.loop in ("publish", "full"):
                     poller.publish(reading)
             done += 1
 

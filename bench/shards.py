@@ -78,7 +78,9 @@ async def shards_phase(
         deadline = ready + opts.settle_timeout
         steady = await asyncio.gather(
             *(
-                until_steady(session, url, exporter, deadline, len(share))
+                until_steady(
+                    session, url, exporter, deadline, len(share), rate=len(share) / opts.interval
+                )
                 for url, exporter, share in zip(urls, exporters, owned, strict=True)
             )
         )

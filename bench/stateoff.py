@@ -41,7 +41,7 @@ async def measure_state_off(
     try:
         ready = time.monotonic()
         await bounded_sleep_until(ready + opts.interval + 2.0, exporter, "exporter")
-        await settle(res, session, metrics, exporter, ready + opts.settle_timeout)
+        await settle(res, session, metrics, exporter, ready + opts.settle_timeout, opts.interval)
         log0, wall0 = log_size(call_log), time.time()
         a = await snapshot(session, metrics, fleet, exporter.pid, first=True)
         await bounded_sleep_until(a.time + window_seconds(opts), exporter, "exporter")

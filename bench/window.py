@@ -34,6 +34,9 @@ def self_counters(body: bytes) -> dict[str, float]:
 
 
 STEADY_REQUESTS = 1.05  # requests a poll at most, over a settle step, to call a fleet steady
+# Polls over a settle step, at most, as a multiple of those due (plus three standard deviations
+# of a binomial count): more means polls that started late are still catching up.
+STEADY_RATE = 1.02
 
 
 async def settle(
@@ -42,12 +45,15 @@ async def settle(
     metrics_url: str,
     exporter: subprocess.Popen[bytes],
     deadline: float,
+    interval: float,
 ) -> None:
     """Wait until every device has finished its first poll and its slow methods (a busy
     exporter spreads them over the next polls), so the window sees the steady state: every
-    device up, and at most STEADY_REQUESTS requests a poll over the last step; at most until
-    `deadline`."""
-    res.settled = await until_steady(session, metrics_url, exporter, deadline, res.n)
+    device up, at most STEADY_REQUESTS requests a poll and no more polls than due over the last
+    step (none catching up); at most until `deadline`."""
+    res.settled = await until_steady(
+        session, metrics_url, exporter, deadline, res.n, rate=res.n / interval
+    )
     _, body = await scrape(session, metrics_url, gzip=False)
     res.devices_up_at_window = int(self_counters(body)["lektrico_devices_up"])
 
@@ -59,23 +65,28 @@ async def until_steady(
     deadline: float,
     n: int,
     step: float = 3.0,
+    rate: float | None = None,
 ) -> bool:
     """True once all n devices are up and a step's polls made at most STEADY_REQUESTS requests
-    each; False if `deadline` came first."""
+    each, and with `rate` (polls due a second) were no more than STEADY_RATE times those due;
+    False if `deadline` came first."""
     last: dict[str, float] | None = None
+    last_t = 0.0
     while True:
         _, body = await scrape(session, metrics_url, gzip=False)
-        now = self_counters(body)
+        now, now_t = self_counters(body), time.monotonic()
         if last is not None and now["lektrico_devices_up"] >= n:
             polls = now["lektrico_polls_total"] - last["lektrico_polls_total"]
             requests = (
                 now["lektrico_device_requests_total"] - last["lektrico_device_requests_total"]
             )
-            if polls > 0 and requests / polls <= STEADY_REQUESTS:
+            due = rate * (now_t - last_t) if rate is not None else math.inf
+            on_schedule = polls <= STEADY_RATE * due + 3 * math.sqrt(due) + 1
+            if polls > 0 and requests / polls <= STEADY_REQUESTS and on_schedule:
                 return True
         if time.monotonic() > deadline:
             return False
-        last = now
+        last, last_t = now, now_t
         await bounded_sleep_until(time.monotonic() + step, exporter, "exporter")
 
 

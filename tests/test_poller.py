@@ -405,6 +405,49 @@ async def test_first_poll_of_a_busy_fleet_leaves_slow_methods_to_later_polls(
     assert per_poll[-1] == ["Charger_info.Get"]
 
 
+async def test_a_poller_that_is_behind_leaves_slow_methods_until_it_keeps_up(
+    make_fleet: FleetFactory,
+) -> None:
+    fleet = await make_fleet([DeviceSpec("c1", "1p7k", seed=3)], frozen=True)
+    settings = PollSettings(interval=5.0, timeout=2.0, concurrency=4, slow_interval=0.6)
+    poller = Poller(settings, [])
+    poller.set_targets(targets(fleet))
+    st = poller.devices["c1"]
+
+    async def poll_slow(behind: bool) -> list[str]:
+        before = len(fleet.calls)
+        assert (await poller._worker.poll(st, behind=behind)).up
+        return [c.rpc_method for c in fleet.calls[before:] if c.rpc_method in SLOW_CHARGER_METHODS]
+
+    try:
+        # The first poll of a poller that is behind is identification and the main method.
+        assert await poll_slow(behind=True) == []
+        assert await poll_slow(behind=True) == []
+        await asyncio.sleep(0.7)  # the slow methods waited a whole slow interval: one goes
+        assert len(await poll_slow(behind=True)) == 1
+        assert await poll_slow(behind=True) == []
+        # Caught up: they come, MAX_SLOW_PER_POLL a poll.
+        assert len(await poll_slow(behind=False)) == MAX_SLOW_PER_POLL
+    finally:
+        await poller.close()
+
+
+async def test_poller_is_behind_when_a_poll_starts_over_a_second_late(
+    make_fleet: FleetFactory,
+) -> None:
+    fleet = await make_fleet([DeviceSpec(f"c{i}", "1p7k", seed=i) for i in range(2)])
+    poller = Poller(PollSettings(interval=5.0, timeout=2.0, concurrency=4), [])
+    poller.set_targets(targets(fleet))
+    try:
+        assert not poller.behind
+        poller._schedule(poller.devices["c0"], time.monotonic() - 1.5)
+        assert poller.behind
+        poller._schedule(poller.devices["c1"], time.monotonic())
+        assert not poller.behind
+    finally:
+        await poller.close()
+
+
 async def test_poller_is_busy_when_a_quarter_of_its_slots_are_taken(
     make_fleet: FleetFactory,
 ) -> None:

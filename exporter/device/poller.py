@@ -20,7 +20,10 @@
   most FIRST_POLL_REQUESTS (8 for a charger, 5 for a meter), the slow methods left over
   following two a poll (two a poll from the start if the poller is busy or the poll follows a
   failure); all again, two a poll, when a device is back after failures; counters again when
-  the session changes.
+  the session changes. While the scheduler is behind (polls start more than LAG_LIMIT late:
+  the exporter is short of CPU or poll slots, as when thousands of devices start at once on a
+  slow machine) slow methods wait, so the main readings stay on time; a device whose slow
+  methods waited a whole `slow_interval` asks one anyway.
 - One connection a poll, closed at its end: nothing idle is kept on the devices.
 - A device that keeps failing is polled less often (exponential backoff up to `max_backoff`),
   and its `lektrico_up 0` is republished at every attempt.
@@ -59,6 +62,7 @@ MAX_SLOW_PER_POLL = 2
 # sends 5 or 6 for a first reading); the slow methods left over follow, MAX_SLOW_PER_POLL a poll.
 FIRST_POLL_REQUESTS = {cat.CHARGER: 8, cat.METER: 5}
 TICK = 0.02  # the scheduler wakes at most this often (s)
+LAG_LIMIT = 1.0  # s: a poll starting later than this after it was due means the poller is behind
 HEALTH_ONLY = frozenset({cat.Group.HEALTH})
 HEALTH_AND_LIVE = frozenset({cat.Group.HEALTH, cat.Group.LIVE})
 
@@ -108,6 +112,7 @@ class DeviceState:
     inflight: asyncio.Task[Reading] | None = None
     current_method: str | None = None
     queued: bool = False  # a scheduled poll waits for a free slot
+    deferred_since: float | None = None  # slow methods due, waiting while the poller is behind
 
     @property
     def name(self) -> str:
@@ -168,10 +173,15 @@ class DevicePoller:
         self.metrics = metrics
 
     async def poll(
-        self, st: DeviceState, timeout: float | None = None, busy: bool = False
+        self,
+        st: DeviceState,
+        timeout: float | None = None,
+        busy: bool = False,
+        behind: bool = False,
     ) -> Reading:
         """Poll one device; never raises (a failure is a Reading with up 0). `busy` (the fleet
-        is short of poll slots) makes a first poll leave the slow methods to later polls."""
+        is short of poll slots) makes a first poll leave the slow methods to later polls;
+        `behind` (polls start late) makes every poll leave them, up to a slow interval."""
         budget = timeout if timeout is not None else (st.target.timeout or self.settings.timeout)
         wall, t0 = time.time(), time.monotonic()
         requests_before = st.client.requests
@@ -180,7 +190,7 @@ class DevicePoller:
         failure: PollError | None = None
         try:
             async with asyncio.timeout(budget):
-                await self._collect(st, ctx, busy)
+                await self._collect(st, ctx, busy, behind)
         except PollError as exc:
             failure = exc
         except TimeoutError:
@@ -212,14 +222,14 @@ class DevicePoller:
         st.current_method = method
         return st.replies.clean(await st.client.get(method), method)
 
-    async def _collect(self, st: DeviceState, ctx: _Poll, busy: bool) -> None:
+    async def _collect(self, st: DeviceState, ctx: _Poll, busy: bool, behind: bool) -> None:
         # A device's first poll fetches slow methods up to its request budget, so a new device
         # shows most of its values at once; not when the fleet is busy (an exporter starting
         # on thousands of devices must not send them all a burst), and not after a failed
         # poll: a recovering fleet must not bring a burst of requests back with it, and a
         # device too slow to answer many requests within the timeout still comes up (its
         # slow methods follow, MAX_SLOW_PER_POLL a poll).
-        first = st.last_success is None and st.failures == 0 and not busy
+        first = st.last_success is None and st.failures == 0 and not busy and not behind
         requests_before = st.client.requests
         if st.model is None:
             await self._identify(st, ctx)
@@ -253,7 +263,18 @@ class DevicePoller:
         if first:
             spent = st.client.requests - requests_before
             due = due[: max(0, FIRST_POLL_REQUESTS[st.model.kind] - spent)]
+        elif behind and due:
+            # Extra requests now would make every poll later still: they wait until the
+            # poller keeps up, but no longer than a slow interval (an exporter that is always
+            # behind still reads its devices' settings, one method a poll).
+            if st.deferred_since is None:
+                st.deferred_since = ctx.now
+            waited = ctx.now - st.deferred_since >= self.settings.slow_interval
+            due = due[:1] if waited else []
+            if waited:
+                st.deferred_since = None
         else:
+            st.deferred_since = None
             due = due[:MAX_SLOW_PER_POLL]
         for method in due:
             await self._optional(st, ctx, method)
@@ -541,6 +562,7 @@ class Poller:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._running = 0  # scheduled polls in flight, at most settings.concurrency
         self._waiting: deque[tuple[DeviceState, float]] = deque()
+        self._lag = 0.0  # how late the last scheduled poll started after it was due (s)
         self._on_remove: list[Callable[[str], None]] = []
         self._up: set[str] = set()
         self._addresses: dict[str, str] = {}  # see _index_addresses
@@ -649,6 +671,12 @@ class Poller:
         then leave their slow methods to later polls (see DevicePoller._slow_due)."""
         return bool(self._waiting) or self._running * 4 > self.settings.concurrency
 
+    @property
+    def behind(self) -> bool:
+        """The last scheduled poll started more than LAG_LIMIT after it was due: the exporter
+        is short of CPU or poll slots, and polls leave their slow methods for later."""
+        return self._lag > LAG_LIMIT
+
     def _schedule(self, st: DeviceState, due: float) -> None:
         """Start a scheduled poll now, or queue it until one of the `concurrency` slots frees."""
         if self._running < self.settings.concurrency:
@@ -660,6 +688,7 @@ class Poller:
     def _launch(self, st: DeviceState, due: float) -> None:
         # One task a poll: the poll itself. Its completion publishes and frees the slot.
         self._running += 1
+        self._lag = time.monotonic() - due
         task = self._begin(st, None)
         task.add_done_callback(functools.partial(self._finished, st, due))
 
@@ -681,7 +710,9 @@ class Poller:
 
     def _begin(self, st: DeviceState, timeout: float | None) -> asyncio.Task[Reading]:
         self.metrics.polls.inc()
-        task = asyncio.get_running_loop().create_task(self._worker.poll(st, timeout, self.busy))
+        task = asyncio.get_running_loop().create_task(
+            self._worker.poll(st, timeout, self.busy, self.behind)
+        )
         st.inflight = task
         self._tasks.add(task)
         task.add_done_callback(functools.partial(self._ended, st))
