@@ -38,8 +38,8 @@ def table_rows(r: SizeResult) -> list[tuple[str, str]]:
             + (
                 ""
                 if r.settled
-                else f"; NOT steady: only {r.devices_up_at_window:,} devices had finished"
-                " their first poll when the window began"
+                else f"; NOT steady: {r.devices_up_at_window:,} devices up when the window"
+                " began, and first polls' slow methods or late polls still coming in"
             ),
         ),
         ("polls on time", f"{100 * r.on_time_share:.2f} % ({r.polls_late:,.0f} late)"),
@@ -245,8 +245,9 @@ def print_sizes_table(results: list[SizeResult]) -> None:
         print(" ".join(f"{c:>12}" for c in row))
     if not all(r.settled for r in results):
         print(
-            "  * not steady: the window began before every device had finished its first poll"
-            " (the exporter could not keep up); its figures mix first and steady polls"
+            "  * not steady: the window began (--settle-timeout) while devices were still"
+            " coming up, asking their slow methods or catching up late polls; its figures mix"
+            " them with steady polls"
         )
 
 

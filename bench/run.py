@@ -210,10 +210,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument(
         "--settle-timeout",
         type=float,
-        default=120.0,
+        default=240.0,
         help="start the window at the latest this many seconds after the exporter is ready,"
         " even if some devices have not finished their first poll and slow methods"
-        " (default 120)",
+        " (default 240)",
     )
     p.add_argument("--scrapes", type=int, default=20, help="scrapes of each kind (default 20)")
     p.add_argument(
