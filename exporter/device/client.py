@@ -145,16 +145,13 @@ class DeviceClient:
                 )
             raise
         if log.isEnabledFor(logging.DEBUG):
+            took = time.perf_counter() - started
             log.debug(
                 "%s %s answered in %.3f s",
                 self.name,
                 wire_name,
-                time.perf_counter() - started,
-                extra={
-                    "device": self.name,
-                    "method": wire_name,
-                    "duration": round(time.perf_counter() - started, 4),
-                },
+                took,
+                extra={"device": self.name, "method": wire_name, "duration": round(took, 4)},
             )
         return reply
 
@@ -226,6 +223,8 @@ class DeviceClient:
             raise PollError(
                 "http", f"reply of {length} bytes exceeds the {self._max} byte cap", method
             )
+        if length is not None:  # the usual reply: its length known and within the cap
+            return await resp.read()
         body = bytearray()
         async for chunk in resp.content.iter_any():
             body += chunk

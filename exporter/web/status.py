@@ -251,6 +251,21 @@ def _bucket(counts: list[float] | None) -> dict[str, float]:
     }
 
 
+# The metrics a row is made from (summarise).
+_SHOWN = frozenset(
+    {
+        cat.IDENTITY_INFO,
+        "lektrico_charger_state",
+        "lektrico_power_watts",
+        "lektrico_meter_power_watts",
+        "lektrico_session_energy_joules",
+        "lektrico_temperature_celsius",
+        "lektrico_wifi_signal_dbm",
+        "lektrico_error_active",
+    }
+)
+
+
 def summarise(reading: Reading, st: DeviceStatus) -> dict[str, Any]:
     """The row of one device: only what the table shows, in display units."""
     info: dict[str, str] = {}
@@ -260,6 +275,8 @@ def summarise(reading: Reading, st: DeviceStatus) -> dict[str, Any]:
     active: list[str] = []
     for s in reading.samples:
         m = s.metric
+        if m not in _SHOWN:  # most of a reading's hundred samples: one set lookup each
+            continue
         if m == cat.IDENTITY_INFO:
             info = dict(s.labels)
         elif m == "lektrico_charger_state":
