@@ -64,9 +64,9 @@ FLEET = (
     DeviceSpec("charger-old", "1p7k-old", seed=13),
     DeviceSpec("meter-3p", "3em", seed=14),
     DeviceSpec("meter-1p", "em", seed=15),
-    # Charging when polling starts and done 5 s later (at 60x): a finished session for the
+    # Charging when polling starts and done 12 s later (at 60x): a finished session for the
     # sessions dashboard.
-    DeviceSpec("charger-session", "1p7k", seed=128),
+    DeviceSpec("charger-session", "1p7k", seed=176),
 )
 ALL_WEEK = {"start_d": 1, "start_h": 0, "start_m": 0, "end_d": 7, "end_h": 23, "end_m": 59}
 ALL_WEEK |= {"current": 16, "lb_mode": 1}
@@ -194,27 +194,30 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
     port = free_port()
     metrics = SelfMetrics()
-    fleet = SimulatedFleet(list(FLEET), speed=60.0)
-    charger = fleet.device("charger-3p")
-    # A schedule enabled and covering the whole week, so the schedule panels have data
-    # whatever the time the test runs at.
-    override_replies(
-        fleet,
-        "charger-3p",
-        {
-            "App_config.Get": lambda: {
-                **charger.read("App_config.Get"),
-                "charging_schedule_enabled": True,
-            },
-            "Charging_schedule.Get": {"charging_schedule": [ALL_WEEK]},
-        },
-    )
     exporter: Exporter | None = None
     writer: InfluxWriter | None = None
     servers: Servers | None = None
+    fleet: SimulatedFleet | None = None
     try:
         servers = runner.run(start_servers(tmp, port))
         writer = runner.run(start_writer(servers.victoria_metrics.url, metrics))
+        # Made once the servers are up: the simulated clock starts with the fleet, and at 60x
+        # a slow server start would be minutes of simulated time, the session long over.
+        fleet = SimulatedFleet(list(FLEET), speed=60.0)
+        charger = fleet.device("charger-3p")
+        # A schedule enabled and covering the whole week, so the schedule panels have data
+        # whatever the time the test runs at.
+        override_replies(
+            fleet,
+            "charger-3p",
+            {
+                "App_config.Get": lambda: {
+                    **charger.read("App_config.Get"),
+                    "charging_schedule_enabled": True,
+                },
+                "Charging_schedule.Get": {"charging_schedule": [ALL_WEEK]},
+            },
+        )
         runner.run(fleet.start())
         devices = [
             {"name": s.name, "host": fleet.host(s.name), "labels": {"site": SITES[i % 2]}}
@@ -223,6 +226,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         config = parse_config(
             f"listen: '127.0.0.1:{port}'\n"
             f"devices: {json.dumps(devices)}\n"
+            f"state: {{path: '{tmp / 'state.db'}'}}\n"
             "poll: {interval: 1s, timeout: 500ms, slow_interval: 2s, identity_interval: 30s}\n"
             # A tariff, so the derived energy and cost panels have series.
             "tariffs: {default: home, table: {home: {currency: EUR, periods: [{name: night,"
@@ -240,8 +244,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             {s.name: KIND.get(s.profile, cat.METER) for s in FLEET},
         )
         deadline = time.monotonic() + SETUP_TIMEOUT
-        while not scrapes_done(stack) or not any(x.startswith("lektrico_session,") for x in lines):
-            assert time.monotonic() < deadline, "Prometheus did not scrape the exporter in time"
+        while not (scraped := scrapes_done(stack)) or not any(
+            x.startswith("lektrico_session,") for x in lines
+        ):
+            assert time.monotonic() < deadline, (
+                "no session finished in time" if scraped else "Prometheus did not scrape in time"
+            )
             time.sleep(0.5)
         body = ("\n".join(list(lines)) + "\n").encode()
         status, text = runner.run(servers.influxdb.write(DATABASE, body, precision="ms"))
@@ -252,7 +260,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             runner.run(exporter.stop())
         if writer is not None:
             runner.run(writer.close())
-        runner.run(fleet.stop())
+        if fleet is not None:
+            runner.run(fleet.stop())
         if servers is not None:
             runner.run(stop_servers(servers))
         runner.close()
