@@ -5,6 +5,8 @@
     .venv/bin/python -m bench.pollcost --interval 15 --memory          # live memory per device
     .venv/bin/python -m bench.pollcost --profile                       # cProfile of the window
     .venv/bin/python -m bench.pollcost --loop poll --concurrency 100   # no scheduler, flat out
+    .venv/bin/python -m bench.pollcost --loop full --devices 600 --concurrency 100 --py-spy
+        # flat out through the app's whole sink chain, sampled by py-spy
 
 The simulator serves `--devices` devices from 4 processes on 127.200.x.y; this process runs
 the exporter's Poller with an Exposition as its only sink, on the exporter's runtime
@@ -23,14 +25,18 @@ import argparse
 import asyncio
 import cProfile
 import gc
+import os
 import pstats
 import tempfile
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import yaml
 
+from bench.pyspy import profile_exporter
+from exporter.app import Exporter
 from exporter.catalogue import table as cat
 from exporter.catalogue.selfmetrics import SelfMetrics
 from exporter.cli import run as exporter_runtime
@@ -54,6 +60,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--memory", action="store_true", help="trace live memory per device")
     p.add_argument("--profile", action="store_true", help="cProfile the window")
     p.add_argument(
+        "--py-spy",
+        action="store_true",
+        help="with --loop: sample the window with py-spy instead (no tracing overhead) and print"
+        " the shares of busy samples by exporter function and by leaf function",
+    )
+    p.add_argument(
         "--loop",
         choices=["client", "poll", "publish", "full"],
         help="no scheduler: --concurrency workers in a loop for --window s, each taking the"
@@ -71,31 +83,32 @@ def parse_args() -> argparse.Namespace:
     return opts
 
 
-def full_exporter(opts: argparse.Namespace, state_dir: Path, metrics: SelfMetrics) -> Poller:
-    """The app's poller with its own sink chain, and the ledger's store open (its flushes run
-    in the store's thread, as in the exporter)."""
+def full_exporter(settings: PollSettings, state_dir: Path, metrics: SelfMetrics) -> Exporter:
+    """The app with its own sink chain (the ledger with a tariff, the exposition, the status
+    board), not started: the caller starts its ledger's store, whose writes then run in their
+    own thread as in the exporter."""
     from bench.ledgercost import TARIFFS
-    from exporter.app import Exporter
     from exporter.config.schema import parse_config
 
-    timeout = opts.timeout if opts.timeout is not None else min(5.0, opts.interval / 3)
     config = parse_config(
-        f"poll: {{interval: {opts.interval}, timeout: {timeout},"
-        f" concurrency: {opts.concurrency}}}\n"
+        f"poll: {{interval: {settings.interval}, timeout: {settings.timeout},"
+        f" concurrency: {settings.concurrency}}}\n"
         f"state: {{path: '{state_dir / 'state.db'}'}}\n{TARIFFS}"
     )
-    app = Exporter(config, metrics=metrics)
-    assert app.sessions is not None
-    app.sessions.open()
-    return app.poller
+    return Exporter(config, metrics=metrics)
 
 
-async def measure(opts: argparse.Namespace, targets: list[dict[str, object]]) -> None:
+async def measure(
+    opts: argparse.Namespace, targets: list[dict[str, object]], workdir: Path
+) -> None:
     metrics = SelfMetrics()
     timeout = opts.timeout if opts.timeout is not None else min(5.0, opts.interval / 3)
     settings = PollSettings(interval=opts.interval, timeout=timeout, concurrency=opts.concurrency)
-    if opts.loop == "full":
-        poller = full_exporter(opts, Path(tempfile.mkdtemp(prefix="pollcost-")), metrics)
+    app = full_exporter(settings, workdir, metrics) if opts.loop == "full" else None
+    if app is not None:
+        assert app.sessions is not None
+        await app.sessions.start()
+        poller = app.poller
     else:
         poller = Poller(settings, [Exposition().publish], metrics)
     poller.set_targets(
@@ -103,8 +116,10 @@ async def measure(opts: argparse.Namespace, targets: list[dict[str, object]]) ->
         for t in targets
     )
     if opts.loop:
-        await flat_out(opts, poller)
+        await flat_out(opts, poller, workdir)
         await poller.close()
+        if app is not None and app.sessions is not None:
+            await app.sessions.stop()
         return
     if opts.memory:
         tracemalloc.start(3)
@@ -153,7 +168,7 @@ async def measure(opts: argparse.Namespace, targets: list[dict[str, object]]) ->
     await poller.close()
 
 
-async def flat_out(opts: argparse.Namespace, poller: Poller) -> None:
+async def flat_out(opts: argparse.Namespace, poller: Poller, workdir: Path) -> None:
     """Workers polling flat out, after one first poll of every device (not measured)."""
     states = list(poller.devices.values())
     workers = opts.concurrency
@@ -192,6 +207,11 @@ async def flat_out(opts: argparse.Namespace, poller: Poller) -> None:
     deadline = t0 + opts.window
     if profile:
         profile.enable()
+    spy = (
+        asyncio.ensure_future(profile_exporter(os.getpid(), opts.window, workdir, len(states)))
+        if opts.py_spy
+        else None
+    )
     await asyncio.gather(*(worker() for _ in range(workers)))
     if profile:
         profile.disable()
@@ -204,6 +224,26 @@ async def flat_out(opts: argparse.Namespace, poller: Poller) -> None:
     )
     if profile:
         pstats.Stats(profile).sort_stats("tottime").print_stats(25)
+    if spy is not None:
+        print_shares(await spy)
+
+
+def print_shares(summary: dict[str, Any]) -> None:
+    if "error" in summary:
+        print(f"py-spy: {summary['error']}")
+        return
+    print(f"py-spy: {summary['samples']:,} samples; shares of busy samples")
+    for title, key in (
+        ("inclusive, by exporter function", "inclusive"),
+        (
+            "innermost exporter function (library time charged to its caller)",
+            "innermost_exporter_function",
+        ),
+        ("leaf function", "leaf"),
+    ):
+        print(f"  {title}:")
+        for name, share in summary[key]:
+            print(f"    {100 * share:5.1f} %  {name}")
 
 
 async def simulate_and_measure(opts: argparse.Namespace, procs: Processes) -> None:
@@ -235,7 +275,7 @@ async def simulate_and_measure(opts: argparse.Namespace, procs: Processes) -> No
     if not await procs.wait_output(sim, "simulator", b"simulating", 60 + opts.devices / 100):
         raise SystemExit(f"the simulator did not start: {procs.workdir / 'simulator.err'}")
     targets = yaml.safe_load(targets_file.read_text())["devices"]
-    await measure(opts, targets)
+    await measure(opts, targets, procs.workdir)
 
 
 def main() -> int:

@@ -269,10 +269,10 @@ class DevicePoller:
             # behind still reads its devices' settings, one method a poll).
             if st.deferred_since is None:
                 st.deferred_since = ctx.now
-            waited = ctx.now - st.deferred_since >= self.settings.slow_interval
-            due = due[:1] if waited else []
-            if waited:
-                st.deferred_since = None
+            if ctx.now - st.deferred_since < self.settings.slow_interval:
+                due = []
+            else:
+                due, st.deferred_since = due[:1], None
         else:
             st.deferred_since = None
             due = due[:MAX_SLOW_PER_POLL]
