@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any, get_args, get_origin
 
 import pytest
-from pydantic import BaseModel
 
 from exporter.app import Exporter
 from exporter.cli import main
+from exporter.config.model import Section
 from exporter.config.schema import (
     Config,
     ConfigError,
@@ -109,12 +109,12 @@ def test_example_line_protocol_and_shard_sections_load_once_uncommented() -> Non
     assert config.shard is not None and (config.shard.index, config.shard.count) == (0, 2)
 
 
-def _keys(model: type[BaseModel]) -> set[str]:
+def _keys(model: type[Section]) -> set[str]:
     keys = set()
     for name, field in model.model_fields.items():
         keys.add(name)
         for arg in (field.annotation, *get_args(field.annotation)):
-            if isinstance(arg, type) and issubclass(arg, BaseModel) and get_origin(arg) is None:
+            if isinstance(arg, type) and issubclass(arg, Section) and get_origin(arg) is None:
                 keys |= _keys(arg)
     return keys
 

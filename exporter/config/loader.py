@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ValidationError
-from pydantic_core import ErrorDetails
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from exporter.config.model import ErrorDetails, Section, ValidationError
 
 Loc = tuple[str | int, ...]
 LineMap = dict[Loc, int]
@@ -519,7 +519,7 @@ def describe_kind(value: object) -> str:
     return f"a {type(value).__name__}"
 
 
-Settings = TypeVar("Settings", bound=BaseModel)
+Settings = TypeVar("Settings", bound=Section)
 
 
 @dataclass
@@ -655,14 +655,14 @@ class _Locator:
         line = line_of(source.lines, local)
         return text if line is None else f"{text} on line {line}"
 
-    def explain(self, exc: ValidationError, model: type[BaseModel]) -> ConfigValueError:
+    def explain(self, exc: ValidationError, model: type[Section]) -> ConfigValueError:
         errors = _relevant(exc.errors(include_url=False))
         found = [self._one(error, model) for error in errors[:MAX_PROBLEMS]]
         first = found[0]
         first.others = tuple(found[1:])
         return first
 
-    def _one(self, error: ErrorDetails, model: type[BaseModel]) -> ConfigValueError:
+    def _one(self, error: ErrorDetails, model: type[Section]) -> ConfigValueError:
         loc: Loc = tuple(part for part in error["loc"] if part != "[key]")
         problem = error.get("ctx", {}).get("error")
         if isinstance(problem, FieldProblem):
@@ -714,7 +714,7 @@ def _short(value: object) -> str:
     return describe_kind(value)
 
 
-def _message(error: ErrorDetails, model: type[BaseModel], loc: Loc) -> str:
+def _message(error: ErrorDetails, model: type[Section], loc: Loc) -> str:
     kind, value, ctx = error["type"], error["input"], error.get("ctx", {})
     if kind == "missing":
         return "required key is missing"
@@ -738,7 +738,18 @@ def _message(error: ErrorDetails, model: type[BaseModel], loc: Loc) -> str:
     if kind == "literal_error":
         return f"must be one of {ctx['expected']}, got {_short(value)}"
     if kind == "string_too_short":
-        return "must not be empty"
+        shortest = ctx.get("min_length", 1)
+        return "must not be empty" if shortest <= 1 else f"must be at least {shortest} characters"
+    if kind == "string_too_long":
+        return f"must be at most {ctx['max_length']} characters, got {ctx['actual']}"
+    if kind in ("too_short", "too_long"):
+        words, bound = (
+            ("at least", "min_length") if kind == "too_short" else ("at most", "max_length")
+        )
+        n = ctx[bound]
+        return f"must have {words} {n} entr{'y' if n == 1 else 'ies'}, got {ctx['actual']}"
+    if kind == "finite_number":
+        return f"must be a finite number, got {_short(value)}"
     bounds = {
         "greater_than_equal": ("at least", "ge"),
         "less_than_equal": ("at most", "le"),
@@ -753,14 +764,14 @@ def _message(error: ErrorDetails, model: type[BaseModel], loc: Loc) -> str:
     return _one_line(error["msg"])
 
 
-def _field_names(model: type[BaseModel], loc: Loc) -> list[str]:
+def _field_names(model: type[Section], loc: Loc) -> list[str]:
     """Keys allowed at `loc`, for "did you mean" hints; [] where `loc` is not a model."""
     current: Any = model
     for part in loc:
         if isinstance(part, int):
             args = get_args(current)
             current = args[0] if args else None
-        elif isinstance(current, type) and issubclass(current, BaseModel):
+        elif isinstance(current, type) and issubclass(current, Section):
             field = current.model_fields.get(part)
             current = field.annotation if field else None
         else:
@@ -768,6 +779,6 @@ def _field_names(model: type[BaseModel], loc: Loc) -> list[str]:
         if get_origin(current) in (Union, types.UnionType):
             options = [arg for arg in get_args(current) if arg is not type(None)]
             current = options[0] if len(options) == 1 else None
-    if get_origin(current) is None and isinstance(current, type) and issubclass(current, BaseModel):
+    if get_origin(current) is None and isinstance(current, type) and issubclass(current, Section):
         return list(current.model_fields)
     return []

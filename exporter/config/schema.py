@@ -1,4 +1,4 @@
-"""Configuration: one frozen pydantic model per section, and `load_config()`.
+"""Configuration: one frozen section (`config.model`) per key, and `load_config()`.
 
 Every section forbids unknown keys, so a misspelt key is an error naming it instead of a setting
 silently ignored. Durations are stored as float seconds. Relative paths (`device_files`,
@@ -19,18 +19,6 @@ import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
-
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    SecretStr,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
 
 from exporter.catalogue.table import RESERVED_LABELS
 from exporter.config.addresses import (
@@ -57,6 +45,16 @@ from exporter.config.loader import (
     parse_settings,
     read_bounded,
     read_text,
+)
+from exporter.config.model import (
+    BeforeValidator,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    Section,
+    ValidationInfo,
+    field_validator,
+    model_validator,
 )
 from exporter.outputs.influx.lines import escape_key
 from exporter.sessions.tariffs import TariffsConfig
@@ -188,8 +186,7 @@ def _existing_file(path: str | None, info: ValidationInfo) -> str | None:
     return str(resolved)
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+_Section = Section
 
 
 # ---- sections --------------------------------------------------------------------------------

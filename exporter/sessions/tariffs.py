@@ -41,17 +41,15 @@ from datetime import date, datetime, timedelta
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
 from exporter.config.loader import FieldProblem
+from exporter.config.model import Field, Section, field_validator, model_validator
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 DAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 MINUTES_A_DAY = 1440
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+_Section = Section
 
 
 def _minutes(text: str) -> int:
@@ -66,7 +64,6 @@ def _minutes(text: str) -> int:
 
 
 class PeriodConfig(_Section):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
     name: Annotated[str, Field(min_length=1, max_length=64)]
     price: Annotated[float, Field(ge=0, allow_inf_nan=False)]  # currency per kWh
     days: list[str] = list(WEEKDAYS)
