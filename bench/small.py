@@ -33,7 +33,7 @@ from exporter.simulator.server import DeviceSpec, SimulatedFleet
 from harness.processes import ROOT, Processes, free_port
 from harness.procfs import cpu_seconds, rss_bytes
 
-RUNTIME = "import aiohttp, aiohttp.web, orjson, yaml, prometheus_client, uvloop"
+RUNTIME = "import aiohttp, aiohttp.web, orjson, yaml, prometheus_client"
 OPTIONAL = ("influxdb_client", "zeroconf", "bcrypt", "exporter.simulator", "matplotlib")
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.cli import GC_THRESHOLDS, main
+from exporter.cli import GC_THRESHOLDS, UVLOOP_FROM, main
 from exporter.demo import FAULTY
 from exporter.simulator.server import DeviceSpec
 from harness.processes import free_port
@@ -181,3 +181,31 @@ def test_runtime_tunes_the_garbage_collector_unless_told_not_to(default_gc: bool
     ).stdout.strip()
 
     assert out == repr(((700, 10, 10), False) if default_gc else (GC_THRESHOLDS, True))
+
+
+@pytest.mark.parametrize(
+    ("devices", "no_uvloop", "loop"),
+    [
+        (1, False, "asyncio"),
+        (UVLOOP_FROM - 1, False, "asyncio"),
+        (UVLOOP_FROM, False, "uvloop"),
+        (UVLOOP_FROM, True, "asyncio"),
+    ],
+)
+def test_a_small_fleet_runs_on_the_standard_loop_and_a_large_one_on_uvloop(
+    devices: int, no_uvloop: bool, loop: str
+) -> None:
+    code = (
+        "import asyncio, sys\n"
+        "from exporter.cli import run\n"
+        "async def main(): return type(asyncio.get_running_loop()).__module__.split('.')[0]\n"
+        f"print(run(main(), {devices}), 'uvloop' in sys.modules)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "LEKTRICO_NO_UVLOOP"}
+    if no_uvloop:
+        env["LEKTRICO_NO_UVLOOP"] = "1"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True, cwd=ROOT
+    ).stdout.split()
+
+    assert out == [loop, str(loop == "uvloop")]

@@ -16,7 +16,6 @@ repeat only so many values, so a few hundred bytes of nested aliases cannot take
 from __future__ import annotations
 
 import datetime
-import difflib
 import errno
 import glob
 import os
@@ -683,6 +682,8 @@ MAX_PROBLEMS = 20
 def _relevant(errors: list[ErrorDetails]) -> list[ErrorDetails]:
     """The errors worth a line, misspellings first: a required key reported missing beside
     an unknown key that looks like it (`hots` for `host`) is that misspelling, said once."""
+    import difflib  # only a configuration with mistakes needs it
+
     unknown: dict[tuple[Any, ...], list[str]] = {}
     for e in errors:
         if e["type"] == "extra_forbidden" and e["loc"]:
@@ -719,6 +720,8 @@ def _message(error: ErrorDetails, model: type[Section], loc: Loc) -> str:
     if kind == "missing":
         return "required key is missing"
     if kind == "extra_forbidden":
+        import difflib
+
         names = _field_names(model, loc[:-1])
         close = difflib.get_close_matches(str(loc[-1]), names, n=1) if loc else []
         return f"unknown key; did you mean {close[0]!r}?" if close else "unknown key"

@@ -15,7 +15,6 @@ import ipaddress
 import math
 import os
 import re
-import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -162,8 +161,12 @@ NonEmpty = Annotated[str, Field(min_length=1)]
 # ---- validation helpers ----------------------------------------------------------------------
 
 
+# Unicode's control characters (category Cc) are exactly these two ranges.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def _has_control(text: str) -> bool:
-    return any(unicodedata.category(ch) == "Cc" for ch in text)
+    return _CONTROL.search(text) is not None
 
 
 def _resolve(path: str, info: ValidationInfo) -> Path:
