@@ -1,4 +1,4 @@
-"""Configuration: the typed schema (`schema`), YAML loading with its one-line errors
+"""Configuration: the typed schema (`schema`) on a small section model (`model`), YAML loading with its one-line errors
 (`loader`), and the one parser of hosts, ports, URLs and /probe targets (`addresses`).
 
 May import: `exporter.catalogue` (reserved label names) and `exporter.outputs.influx.lines` (its tag
