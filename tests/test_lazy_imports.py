@@ -18,6 +18,7 @@ OPTIONAL = (
     "exporter.simulator",
     "exporter.web.pages",
     "exporter.sessions.statement",
+    "difflib",  # "did you mean" hints, for a configuration with mistakes
 )
 PROBE = """
 import json, sys

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import difflib
 import hashlib
 import logging
 import os
@@ -381,6 +380,8 @@ class _Parser:
             if where in _UNSUPPORTED:
                 raise self.error(where, _UNSUPPORTED[where])
             if key not in known:
+                import difflib  # only a web config with mistakes needs it
+
                 close = difflib.get_close_matches(str(key), known, n=1)
                 hint = f", did you mean {close[0]!r}?" if close else f"; known: {', '.join(known)}"
                 raise self.error(where, f"unknown key{hint}")
