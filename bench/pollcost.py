@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 
 from bench.pyspy import profile_exporter
-from exporter.app import Exporter
+from exporter.app import Exporter, fix_malloc_thresholds
 from exporter.catalogue import table as cat
 from exporter.catalogue.selfmetrics import SelfMetrics
 from exporter.cli import run as exporter_runtime
@@ -63,6 +63,12 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="after --settle s, VmRSS per device over this process's before the targets (no"
         " tracing; compare runs of the same size)",
+    )
+    p.add_argument(
+        "--scrape",
+        type=float,
+        help="with --app: render /metrics' body, plain then gzip, every this many s while polling,"
+        " as scrapes do",
     )
     p.add_argument(
         "--app",
@@ -108,6 +114,7 @@ def full_exporter(settings: PollSettings, state_dir: Path, metrics: SelfMetrics)
         f" concurrency: {settings.concurrency}}}\n"
         f"state: {{path: '{state_dir / 'state.db'}'}}\n{TARIFFS}"
     )
+    fix_malloc_thresholds()  # as Exporter.start does
     return Exporter(config, metrics=metrics)
 
 
@@ -138,6 +145,7 @@ async def measure(
     if opts.memory:
         tracemalloc.start(3)
     task = asyncio.ensure_future(poller.run())
+    scraper = asyncio.ensure_future(scrape(app, opts.scrape)) if app and opts.scrape else None
     settle = opts.settle if opts.settle is not None else opts.interval * 6 + 2
     await asyncio.sleep(settle)
 
@@ -189,9 +197,19 @@ async def measure(
         if profile:
             pstats.Stats(profile).sort_stats("tottime").print_stats(25)
     task.cancel()
+    if scraper is not None:
+        scraper.cancel()
     await poller.close()
     if app is not None and app.sessions is not None:
         await app.sessions.stop()
+
+
+async def scrape(app: Exporter, every: float) -> None:
+    own = app.metrics.render()
+    while True:
+        await asyncio.sleep(every)
+        app.exposition.render()
+        await app.exposition.render_gzip_async(own)
 
 
 def rss_bytes() -> int:
