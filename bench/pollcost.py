@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 
 from bench.pyspy import profile_exporter
-from exporter.app import Exporter
+from exporter.app import Exporter, fix_malloc_thresholds
 from exporter.catalogue import table as cat
 from exporter.catalogue.selfmetrics import SelfMetrics
 from exporter.cli import run as exporter_runtime
@@ -58,6 +58,25 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--window", type=float, default=15.0)
     p.add_argument("--memory", action="store_true", help="trace live memory per device")
+    p.add_argument(
+        "--rss",
+        action="store_true",
+        help="after --settle s, VmRSS per device over this process's before the targets (no"
+        " tracing; compare runs of the same size)",
+    )
+    p.add_argument(
+        "--scrape",
+        type=float,
+        help="with --app: render /metrics' body, plain then gzip, every this many s while polling,"
+        " as scrapes do",
+    )
+    p.add_argument(
+        "--app",
+        action="store_true",
+        help="poll on the scheduler through the app's whole sink chain (the session ledger with"
+        " a tariff and its store, the exposition, the status board) instead of an Exposition"
+        " alone: what --memory and --rss see with the state store on",
+    )
     p.add_argument("--profile", action="store_true", help="cProfile the window")
     p.add_argument(
         "--py-spy",
@@ -95,6 +114,7 @@ def full_exporter(settings: PollSettings, state_dir: Path, metrics: SelfMetrics)
         f" concurrency: {settings.concurrency}}}\n"
         f"state: {{path: '{state_dir / 'state.db'}'}}\n{TARIFFS}"
     )
+    fix_malloc_thresholds()  # as Exporter.start does
     return Exporter(config, metrics=metrics)
 
 
@@ -104,7 +124,7 @@ async def measure(
     metrics = SelfMetrics()
     timeout = opts.timeout if opts.timeout is not None else min(5.0, opts.interval / 3)
     settings = PollSettings(interval=opts.interval, timeout=timeout, concurrency=opts.concurrency)
-    app = full_exporter(settings, workdir, metrics) if opts.loop == "full" else None
+    app = full_exporter(settings, workdir, metrics) if opts.loop == "full" or opts.app else None
     if app is not None:
         assert app.sessions is not None
         await app.sessions.start()
@@ -121,9 +141,11 @@ async def measure(
         if app is not None and app.sessions is not None:
             await app.sessions.stop()
         return
+    rss0 = rss_bytes()
     if opts.memory:
         tracemalloc.start(3)
     task = asyncio.ensure_future(poller.run())
+    scraper = asyncio.ensure_future(scrape(app, opts.scrape)) if app and opts.scrape else None
     settle = opts.settle if opts.settle is not None else opts.interval * 6 + 2
     await asyncio.sleep(settle)
 
@@ -137,9 +159,19 @@ async def measure(
         n = opts.devices
         total = sum(s.size for s in snapshot.statistics("filename"))
         print(f"live Python memory: {total / n / 1024:.1f} KB per device (tracemalloc)")
-        for stat in snapshot.statistics("lineno")[:20]:
+        for stat in snapshot.statistics("lineno")[:40]:
             where = stat.traceback.format()[-1].strip()[:110]
             print(f"  {stat.size / n:7.0f} B {stat.count / n:6.1f} objects per device  {where}")
+        print("by file:")
+        for stat in snapshot.statistics("filename")[:12]:
+            where = stat.traceback.format()[-1].strip()[:110]
+            print(f"  {stat.size / n:7.0f} B {stat.count / n:6.1f} objects per device  {where}")
+    elif opts.rss:
+        gc.collect()
+        print(
+            f"devices {opts.devices}: RSS {(rss_bytes() - rss0) / opts.devices / 1024:.1f} KB per"
+            f" device over {rss0 / 2**20:.1f} MB ({'app' if app else 'exposition'} sinks)"
+        )
     else:
         polls0, late0 = value(metrics.polls), value(metrics.polls_late)
         requests0 = value(metrics.requests)
@@ -165,7 +197,26 @@ async def measure(
         if profile:
             pstats.Stats(profile).sort_stats("tottime").print_stats(25)
     task.cancel()
+    if scraper is not None:
+        scraper.cancel()
     await poller.close()
+    if app is not None and app.sessions is not None:
+        await app.sessions.stop()
+
+
+async def scrape(app: Exporter, every: float) -> None:
+    own = app.metrics.render()
+    while True:
+        await asyncio.sleep(every)
+        app.exposition.render()
+        await app.exposition.render_gzip_async(own)
+
+
+def rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 async def flat_out(opts: argparse.Namespace, poller: Poller, workdir: Path) -> None:

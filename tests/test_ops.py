@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from exporter.app import Exporter
+from exporter.app import Exporter, fix_malloc_thresholds
 from exporter.config.schema import load_config
 from exporter.device import sharding
 from exporter.simulator.server import DeviceSpec, SimulatedFleet
@@ -179,3 +179,11 @@ async def test_state_changes_are_logged_once(
     assert len(lines) == 2, lines
     assert "device a is down: http: " in lines[0] and "HTTP 500" in lines[0]
     assert "device a is up again" in lines[1]
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/maps").exists() or "libc.so" not in Path("/proc/self/maps").read_text(),
+    reason="glibc's malloc only",
+)
+def test_malloc_thresholds_are_fixed_on_glibc() -> None:
+    assert fix_malloc_thresholds()

@@ -424,3 +424,15 @@ def test_derived_rows_are_the_planned_contracts_names_types_and_labels() -> None
     assert len(contract) == 8
     assert {(m.name, m.prom_type, ("device", *m.labels)) for m in derived} == set(contract)
     assert all(m.group is cat.Group.EXPORTER for m in derived)
+
+
+def test_derived_samples_of_two_devices_share_their_label_tuples() -> None:
+    # Each device's derived samples stay alive with its last reading: shared labels keep
+    # their memory to one set for the fleet.
+    ledger = Ledger(INTERVAL)
+    first, second = (
+        ledger.feed(Reading(name, (), EPOCH, True, 0.01, "1p7k", ())).samples
+        for name in ("one", "two")
+    )
+    assert [s.labels for s in first] == [s.labels for s in second]
+    assert all(a.labels is b.labels for a, b in zip(first, second, strict=True))

@@ -88,3 +88,12 @@ def test_running_counts_equal_a_recount(events: list[tuple[Any, ...]]) -> None:
     default = board.page(Query())
     assert default == select(board.rows(), Query(sort="name"))
     assert all(r["host"] for r in board.rows())
+
+
+def test_a_device_has_a_failure_list_only_once_it_failed() -> None:
+    board = StatusBoard()
+    board.publish(reading("a", True, "A", 0.0, "home", "1p7k"))
+    assert board.devices["a"].failures is None  # an empty deque would be 0.6 KB a device
+    board.publish(reading("a", False, "A", 0.0, "home", "1p7k"))
+    failures = board.devices["a"].failures
+    assert failures is not None and [f.reason for f in failures] == ["timeout"]

@@ -23,13 +23,15 @@ polls; spans over 3 intervals are not integrated but counted in `gap_seconds`.
 
 from __future__ import annotations
 
+import functools
 import json
+import sys
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from exporter.catalogue import table as cat
-from exporter.reading import Reading, Sample
+from exporter.reading import Labels, Reading, Sample, label_pair
 
 from .tariffs import NO_TARIFF, Tariff
 
@@ -80,9 +82,9 @@ class Session:
         return cls(**data)
 
 
-@dataclass
+@dataclass(slots=True)
 class Observed:
-    """What a ledger reads from one up reading of a charger."""
+    """What a ledger reads from one up reading of a charger (each device keeps its last)."""
 
     t: float
     state: str | None = None
@@ -165,6 +167,26 @@ class Result:
 
 
 class DeviceLedger:
+    __slots__ = (
+        "_zeroed",
+        "check",
+        "check_lse",
+        "closed_energy",
+        "closed_sid",
+        "counters",
+        "device",
+        "idle_polls",
+        "idle_since",
+        "interval",
+        "kind",
+        "last",
+        "meter_p",
+        "meter_t",
+        "restored",
+        "session",
+        "tariff",
+    )
+
     def __init__(
         self, device: str, interval: float, tariff: Tariff = NO_TARIFF, kind: str = cat.CHARGER
     ) -> None:
@@ -194,7 +216,9 @@ class DeviceLedger:
             "kind": self.kind,
             "counters": vars(self.counters),
             "session": self.session.as_dict() if self.session else None,
-            "last": vars(self.last) if self.last else None,
+            "last": {f.name: getattr(self.last, f.name) for f in fields(Observed)}
+            if self.last
+            else None,
             "idle_polls": self.idle_polls,
             "idle_since": self.idle_since,
             "closed_sid": self.closed_sid,
@@ -493,39 +517,67 @@ class DeviceLedger:
     # ---- samples ----------------------------------------------------------------------------
 
     def samples(self) -> list[Sample]:
+        # Label tuples from shared caches: every device's derived samples carry the same few
+        # (kind, reason, tariff, phase), kept alive with its last reading until the next poll.
         c = self.counters
         out: list[Sample] = []
         if self.kind == cat.METER:
             for key in sorted(c.meter_wh):
-                phase, direction = key.split("/")
-                labels = (("phase", phase), ("direction", direction))
                 out.append(
-                    Sample("lektrico_meter_energy_joules_total", labels, c.meter_wh[key] * WH)
+                    Sample(
+                        "lektrico_meter_energy_joules_total",
+                        _meter_labels(key),
+                        c.meter_wh[key] * WH,
+                    )
                 )
             out.append(Sample("lektrico_meter_energy_gap_seconds_total", (), c.meter_gap_seconds))
             return out
         out.append(Sample("lektrico_sessions_recorded_total", (), float(c.sessions)))
         out.extend(
-            Sample("lektrico_session_anomalies_total", (("kind", k),), float(c.anomalies.get(k, 0)))
+            Sample(
+                "lektrico_session_anomalies_total",
+                label_pair("kind", k),
+                _count_value(c.anomalies.get(k, 0)),
+            )
             for k in ANOMALIES
         )
         out.extend(
-            Sample("lektrico_charging_limited_seconds_total", (("reason", r),), v)
+            Sample("lektrico_charging_limited_seconds_total", label_pair("reason", r), v)
             for r, v in sorted(c.limited_seconds.items())
         )
         out.extend(
-            Sample("lektrico_charging_limited_energy_joules_total", (("reason", r),), v * WH)
+            Sample("lektrico_charging_limited_energy_joules_total", label_pair("reason", r), v * WH)
             for r, v in sorted(c.limited_wh.items())
         )
         out.extend(
-            Sample("lektrico_tariff_energy_joules_total", (("tariff", k),), v * WH)
+            Sample("lektrico_tariff_energy_joules_total", label_pair("tariff", k), v * WH)
             for k, v in sorted(c.tariff_wh.items())
         )
         out.extend(
-            Sample("lektrico_energy_cost_total", (("tariff", k), ("currency", cur)), v)
+            Sample("lektrico_energy_cost_total", _cost_labels(k, cur), v)
             for k, (cur, v) in sorted(c.cost.items())
         )
         return out
+
+
+_ZERO = 0.0
+
+
+def _count_value(n: int) -> float:
+    """A count as a sample value; zero, most counts, is one object for the fleet."""
+    return float(n) if n else _ZERO
+
+
+@functools.cache
+def _meter_labels(key: str) -> Labels:
+    """The labels of a meter_wh key ("L1/import"), one tuple for the fleet."""
+    phase, direction = key.split("/")
+    return (("phase", sys.intern(phase)), ("direction", sys.intern(direction)))
+
+
+@functools.cache
+def _cost_labels(key: str, currency: str) -> Labels:
+    return (("tariff", key), ("currency", currency))
 
 
 def _add_int(d: dict[str, int], key: str) -> None:

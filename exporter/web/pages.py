@@ -206,7 +206,7 @@ def device_page(
     ]
     failures = [
         (_e(_when(f.time)), _e(f.reason), _e(f.message))
-        for f in reversed(status.failures if status else ())
+        for f in reversed((status.failures if status else None) or ())
     ]
     links = [f'<a href="/probe?target={quoted}">this device\'s metrics (/probe)</a>']
     if grafana_url:
