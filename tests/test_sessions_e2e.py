@@ -102,15 +102,23 @@ async def test_statement_command_csv_api_and_influxdb_agree(
         try:
             stage = exporter.sessions
             assert stage is not None
+
+            def finished() -> list[dict[str, Any]]:
+                # Sessions that ended before the third idle poll may still be open.
+                now = fleet.clock.unix(fleet.clock.now())
+                return finished_truth(fleet, began + 0.5, now - 1.0)
+
+            # Until the exporter saw sessions begin and end: how soon depends on where the
+            # simulated chargers' histories put their next sessions, not only on the count.
             await wait_for(
                 lambda: (
                     stage.ledger.devices
                     and sum(d.counters.sessions for d in stage.ledger.devices.values()) >= 8
+                    and len(finished()) >= 3
                 ),
                 90,
             )
-            # Sessions that ended before the third idle poll may still be open.
-            truth = finished_truth(fleet, began + 0.5, fleet.clock.unix(fleet.clock.now()) - 1.0)
+            truth = finished()
             for name in fleet.names:  # nothing changes from here on
                 fleet.set_fault(name, "refuse")
             await asyncio.sleep(1.0)  # the store catches up (it is at most a second behind)
