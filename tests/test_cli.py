@@ -165,6 +165,16 @@ async def test_sighup_reloads_the_config(tmp_path: Path, make_fleet: FleetFactor
     assert "config reloaded: 2 devices" in err and "Traceback" not in err
 
 
+def python_output(code: str, variable: str, set_it: bool) -> str:
+    """What `python -c code` prints, with the environment `variable` set to 1 or unset."""
+    env = {k: v for k, v in os.environ.items() if k != variable}
+    if set_it:
+        env[variable] = "1"
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True, cwd=ROOT
+    ).stdout
+
+
 @pytest.mark.parametrize("default_gc", [False, True])
 def test_runtime_tunes_the_garbage_collector_unless_told_not_to(default_gc: bool) -> None:
     code = (
@@ -173,12 +183,7 @@ def test_runtime_tunes_the_garbage_collector_unless_told_not_to(default_gc: bool
         "async def main(): return gc.get_threshold(), gc.get_freeze_count() > 0\n"
         "print(repr(run(main())))\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "LEKTRICO_DEFAULT_GC"}
-    if default_gc:
-        env["LEKTRICO_DEFAULT_GC"] = "1"
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True, cwd=ROOT
-    ).stdout.strip()
+    out = python_output(code, "LEKTRICO_DEFAULT_GC", default_gc).strip()
 
     assert out == repr(((700, 10, 10), False) if default_gc else (GC_THRESHOLDS, True))
 
@@ -201,11 +206,6 @@ def test_a_small_fleet_runs_on_the_standard_loop_and_a_large_one_on_uvloop(
         "async def main(): return type(asyncio.get_running_loop()).__module__.split('.')[0]\n"
         f"print(run(main(), {devices}), 'uvloop' in sys.modules)\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "LEKTRICO_NO_UVLOOP"}
-    if no_uvloop:
-        env["LEKTRICO_NO_UVLOOP"] = "1"
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True, cwd=ROOT
-    ).stdout.split()
+    out = python_output(code, "LEKTRICO_NO_UVLOOP", no_uvloop).split()
 
     assert out == [loop, str(loop == "uvloop")]
