@@ -11,8 +11,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from exporter.app import Exporter, fix_malloc_thresholds
-from exporter.config.schema import load_config
+import exporter.app as app_module
+from exporter.app import MALLOC_FROM, Exporter, fix_malloc_thresholds
+from exporter.config.schema import load_config, parse_config
 from exporter.device import sharding
 from exporter.simulator.server import DeviceSpec, SimulatedFleet
 from harness.processes import free_port
@@ -187,3 +188,20 @@ async def test_state_changes_are_logged_once(
 )
 def test_malloc_thresholds_are_fixed_on_glibc() -> None:
     assert fix_malloc_thresholds()
+
+
+@pytest.mark.parametrize("devices", [1, MALLOC_FROM])
+async def test_only_a_fleet_whose_metrics_can_pass_128_kib_fixes_the_malloc_thresholds(
+    devices: int, make_exporter: ExporterFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[None] = []
+    monkeypatch.setattr(app_module, "fix_malloc_thresholds", lambda: calls.append(None) or True)
+    hosts = [{"name": f"d{i}", "host": f"127.0.0.{i + 2}:9"} for i in range(devices)]
+    config = parse_config(
+        f"listen: '127.0.0.1:{free_port()}'\ndevices: {json.dumps(hosts)}\n"
+        f"poll: {{interval: 60s, timeout: 1s}}\nstate: {{enabled: false}}"
+    )
+
+    await make_exporter(config)
+
+    assert len(calls) == (1 if devices >= MALLOC_FROM else 0)
