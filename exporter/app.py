@@ -161,9 +161,9 @@ class Exporter:
         self.outputs: list[Output] = [self.exposition, self.status, *writers]
         sinks = [*(o.publish for o in self.outputs), *self.extra_sinks]
         self.sessions = sessions_stage(self.config, writers)
-        if self.sessions is not None:  # the ledger first: outputs get its derived samples
-            sinks = [self.sessions.before(sinks)]
-        self.poller = Poller(settings_of(self.config), sinks, self.metrics)
+        # The ledger first: outputs get its derived samples, and a device keeps one reading.
+        stage = self.sessions.apply if self.sessions is not None else None
+        self.poller = Poller(settings_of(self.config), sinks, self.metrics, stage)
         if self.sessions is not None:
             self.poller.on_remove(self.sessions.remove)
         for output in self.outputs:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from exporter.config.schema import parse_config
+from exporter.device.poller import Poller, PollSettings, Target
 from exporter.reading import Reading, Sample
 from exporter.sessions.stage import SESSION_FIELDS, SessionsStage, session_line
 from exporter.sessions.store import Batch, Store
@@ -30,7 +31,7 @@ def stage_at(tmp_path: Path) -> SessionsStage:
     return SessionsStage(parse_config(f"state: {{path: '{tmp_path / 'state.db'}'}}"))
 
 
-def test_outputs_get_the_reading_with_the_derived_samples_and_one_failing_output_stops_none(
+async def test_outputs_and_the_device_get_the_staged_reading_and_one_failing_output_stops_none(
     tmp_path: Path,
 ) -> None:
     stage = stage_at(tmp_path)
@@ -39,13 +40,31 @@ def test_outputs_get_the_reading_with_the_derived_samples_and_one_failing_output
     def broken(reading: Reading) -> None:
         raise RuntimeError("output down")
 
-    sink = stage.before([broken, got.append])
-    sink(charger(T0))
+    poller = Poller(PollSettings(), [broken, got.append], stage=stage.apply)
+    poller.set_targets([Target("garage", "http://127.0.0.1:9/")])
+    st = poller.devices["garage"]
+    polled = charger(T0)
+    st.reading = polled
+    staged = poller.publish(polled)
 
     [reading] = got
+    assert reading is staged is st.reading
     names = {s.metric for s in reading.samples}
     assert "lektrico_sessions_recorded_total" in names
     assert "lektrico_charger_state" in names
+    await poller.close()
+
+
+def test_a_failing_stage_keeps_the_reading_from_no_output(tmp_path: Path) -> None:
+    got: list[Reading] = []
+
+    def broken(reading: Reading) -> Reading:
+        raise RuntimeError("ledger bug")
+
+    poller = Poller(PollSettings(), [got.append], stage=broken)
+    polled = charger(T0)
+    assert poller.publish(polled) is polled
+    assert got == [polled]
 
 
 def test_a_device_removed_and_back_keeps_its_counters(tmp_path: Path) -> None:

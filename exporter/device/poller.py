@@ -27,7 +27,9 @@
 - One connection a poll, closed at its end: nothing idle is kept on the devices.
 - A device that keeps failing is polled less often (exponential backoff up to `max_backoff`),
   and its `lektrico_up 0` is republished at every attempt.
-Every poll ends in one Reading, handed to the output sinks; outputs never call devices.
+Every poll ends in one Reading, handed to the output sinks; outputs never call devices. A
+configured device's reading passes the stage first (the session ledger, adding its derived
+samples), and what the stage returns is what the sinks get and the device keeps as its last.
 """
 
 from __future__ import annotations
@@ -53,10 +55,11 @@ from exporter.catalogue.table import Cadence, Model
 from exporter.config.addresses import BoundedResolver, parse_endpoint
 from exporter.device.client import DeviceClient, MethodUnknown, PollError
 from exporter.device.normalise import DeviceReplies
-from exporter.reading import Labels, Reading, Sample, label_pair
+from exporter.reading import Labels, Reading, Sample, label_pair, shared_sample
 
 log = logging.getLogger("lektrico.poller")
 Sink = Callable[[Reading], None]
+Stage = Callable[[Reading], Reading]
 MAX_SLOW_PER_POLL = 2
 # Requests a device's first poll may send, identification included (the vendor's client
 # sends 5 or 6 for a first reading); the slow methods left over follow, MAX_SLOW_PER_POLL a poll.
@@ -451,7 +454,7 @@ class DevicePoller:
     ) -> Reading:
         model = st.model or cat.MODELS["unknown"]
         samples: list[Sample] = [
-            Sample("lektrico_up", (), 0.0 if failure else 1.0),
+            shared_sample("lektrico_up", (), 0.0 if failure else 1.0),
             Sample("lektrico_poll_duration_seconds", (), duration),
         ]
         if st.last_success is not None:
@@ -475,13 +478,15 @@ class DevicePoller:
         samples.extend(supported)
         if st.error_samples is None:  # made again only after a failure
             st.error_samples = tuple(
-                Sample("lektrico_poll_errors_total", label_pair("reason", r), float(st.errors[r]))
+                shared_sample(
+                    "lektrico_poll_errors_total", label_pair("reason", r), float(st.errors[r])
+                )
                 for r in cat.POLL_ERROR_REASONS
             )
         samples.extend(st.error_samples)
         samples.extend(errors)
         samples.extend(
-            Sample("lektrico_values_dropped_total", label_pair("reason", r), float(n))
+            shared_sample("lektrico_values_dropped_total", label_pair("reason", r), float(n))
             for r, n in sorted(st.dropped.items())
         )
         return Reading(
@@ -510,11 +515,11 @@ def method_samples(st: DeviceState) -> tuple[tuple[Sample, ...], tuple[Sample, .
     order of the methods."""
     order = _METHOD_ORDER.get
     supported = tuple(
-        Sample("lektrico_method_supported", label_pair("method", m), 1.0 if ok else 0.0)
+        shared_sample("lektrico_method_supported", label_pair("method", m), 1.0 if ok else 0.0)
         for m, ok in sorted(st.supported.items(), key=lambda item: order(item[0], 99))
     )
     errors = tuple(
-        Sample(
+        shared_sample(
             "lektrico_method_errors_total",
             (("method", m), ("reason", r)),
             float(st.method_errors[m, r]),
@@ -547,11 +552,16 @@ class Poller:
     PROBE_CACHE = 256
 
     def __init__(
-        self, settings: PollSettings, sinks: Iterable[Sink], metrics: SelfMetrics | None = None
+        self,
+        settings: PollSettings,
+        sinks: Iterable[Sink],
+        metrics: SelfMetrics | None = None,
+        stage: Stage | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics or SelfMetrics()
         self.sinks = list(sinks)
+        self.stage = stage
         self.devices: dict[str, DeviceState] = {}
         self._probes: OrderedDict[str, DeviceState] = OrderedDict()
         self._worker = DevicePoller(settings, self.metrics)
@@ -723,7 +733,18 @@ class Poller:
         if st.inflight is task:
             st.inflight = None
 
-    def publish(self, reading: Reading) -> None:
+    def publish(self, reading: Reading) -> Reading:
+        """Pass a configured device's reading through the stage to every sink; the staged
+        reading is the device's last (one reading a device, not one before and one after the
+        stage) and is returned."""
+        if self.stage is not None:
+            try:
+                reading = self.stage(reading)
+            except Exception:  # a broken stage must not keep the reading from the outputs
+                log.exception("stage failed for device %s", reading.device)
+        st = self.devices.get(reading.device)
+        if st is not None and st.reading is not None and st.reading.time == reading.time:
+            st.reading = reading
         for sink in self.sinks:
             try:
                 sink(reading)
@@ -735,6 +756,7 @@ class Poller:
         else:
             self._up.discard(reading.device)
         self.metrics.devices_up.set(len(self._up))
+        return reading
 
     async def poll(self, st: DeviceState, timeout: float | None = None) -> Reading:
         """Poll now, or join the poll already in flight for this device. A caller with a

@@ -1,10 +1,10 @@
 """The ledger stage: readings pass through it on their way from the poller to the outputs.
 
 `apply(reading)` feeds the ledger and returns the reading with the device's derived counter
-samples added, so /metrics (and any output) sees them like any other sample. Finished sessions
-become `lektrico_session` line-protocol points for the InfluxDB writer (`emit`, one point per
-session, timestamped at its start) and, with every device's ledger state, go to the store: a
-task hands the changes to one worker thread at least every second.
+samples added; it is the poller's stage, so every output sees them like any other sample.
+Finished sessions become `lektrico_session` line-protocol points for the InfluxDB writer (`emit`,
+one point per session, timestamped at its start) and, with every device's ledger state, go to
+the store: a task hands the changes to one worker thread at least every second.
 
 As an output it has `publish(reading)` (apply, result unused), `remove(device)` and `close()`.
 """
@@ -16,7 +16,7 @@ import concurrent.futures
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -32,7 +32,6 @@ log = logging.getLogger("lektrico.sessions")
 # Seconds from a change to its write: the store is never more than about this far behind.
 # The writer sleeps while nothing changed, so an idle exporter does not wake for it.
 FLUSH_INTERVAL = 0.5
-Sink = Callable[[Reading], None]
 
 
 def store_path(config: Config) -> str:
@@ -213,26 +212,7 @@ class SessionsStage:
                 self.emit(session_line(s, self.prefix, self.precision))
         if not result.samples:
             return reading
-        return replace(reading, samples=reading.samples + tuple(result.samples))
-
-    def before(self, sinks: Iterable[Sink]) -> Sink:
-        """One sink: this stage, then each of `sinks` with its output (one that raises does not
-        keep the reading from the others, as in the poller)."""
-        outputs = list(sinks)
-
-        def sink(reading: Reading) -> None:
-            try:
-                staged = self.apply(reading)
-            except Exception:
-                log.exception("session ledger failed for device %s", reading.device)
-                staged = reading
-            for output in outputs:
-                try:
-                    output(staged)
-                except Exception:
-                    log.exception("output failed for device %s", reading.device)
-
-        return sink
+        return replace(reading, samples=reading.samples + result.samples)
 
     # ---- as an output --------------------------------------------------------------------
 

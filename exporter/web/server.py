@@ -371,7 +371,7 @@ class Web:
             return reading
         reading = await self.poller.poll(st, timeout=self._budget(request))
         if self.poller.devices.get(st.name) is st:
-            self.poller.publish(reading)
+            reading = self.poller.publish(reading)
         return reading
 
 
