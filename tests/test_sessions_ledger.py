@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -343,7 +343,7 @@ def test_a_lifetime_counter_that_disagrees_is_a_counter_mismatch() -> None:
 # ---- derived counters ---------------------------------------------------------------------
 
 
-def value(samples: list[Sample], metric: str, **labels: str) -> float:
+def value(samples: Sequence[Sample], metric: str, **labels: str) -> float:
     found = [s.value for s in samples if s.metric == metric and dict(s.labels) == labels]
     assert len(found) == 1, (metric, labels)
     return found[0]
@@ -436,3 +436,16 @@ def test_derived_samples_of_two_devices_share_their_label_tuples() -> None:
     )
     assert [s.labels for s in first] == [s.labels for s in second]
     assert all(a.labels is b.labels for a, b in zip(first, second, strict=True))
+
+
+def test_derived_samples_are_the_last_ones_again_while_their_values_stay() -> None:
+    ledger = Ledger(INTERVAL)
+    first = ledger.feed(meter_reading(EPOCH, (0.0, 0.0, 0.0))).samples
+    again = ledger.feed(meter_reading(EPOCH + INTERVAL, (0.0, 0.0, 0.0))).samples
+    moved = ledger.feed(meter_reading(EPOCH + 2 * INTERVAL, (1000.0, 0.0, 0.0))).samples
+
+    assert again is first  # nothing moved: not one new object
+    changed = [new for old, new in zip(first, moved, strict=True) if new is not old]
+    [l1_import] = changed  # the one value that moved is the one new sample
+    assert l1_import.labels == (("phase", "L1"), ("direction", "import"))
+    assert l1_import.value == pytest.approx(1000.0 / 2 * INTERVAL)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from exporter.catalogue import table as cat
-from exporter.reading import Labels, Reading, Sample, label_pair
+from exporter.reading import Labels, Reading, Sample, label_pair, shared_sample
 
 from .tariffs import NO_TARIFF, Tariff
 
@@ -157,17 +157,18 @@ def _add(d: dict[str, float], key: str, value: float) -> None:
     d[key] = d.get(key, 0.0) + value
 
 
-@dataclass
+@dataclass(slots=True)
 class Result:
     """What one reading changed: the samples to add, sessions finished and sessions updated."""
 
-    samples: list[Sample]
+    samples: tuple[Sample, ...]
     finished: list[Session] = field(default_factory=list)
     changed: list[Session] = field(default_factory=list)
 
 
 class DeviceLedger:
     __slots__ = (
+        "_derived",
         "_zeroed",
         "check",
         "check_lse",
@@ -207,6 +208,7 @@ class DeviceLedger:
         self.meter_p: dict[str, float] = {}
         self.restored = False
         self._zeroed = ""  # the tariff whose period series exist
+        self._derived: tuple[Sample, ...] = ()  # the last samples(), reused while unchanged
 
     # ---- persistence ------------------------------------------------------------------------
 
@@ -247,7 +249,7 @@ class DeviceLedger:
     # ---- feeding ----------------------------------------------------------------------------
 
     def feed(self, reading: Reading) -> Result:
-        result = Result([])
+        result = Result(())
         if reading.up:
             model = cat.MODELS.get(reading.model)
             if model is not None and model.kind == cat.METER:
@@ -516,56 +518,71 @@ class DeviceLedger:
 
     # ---- samples ----------------------------------------------------------------------------
 
-    def samples(self) -> list[Sample]:
+    def samples(self) -> tuple[Sample, ...]:
+        """The derived samples; the last ones again, object for object, where a value is the
+        same. A fleet's derived samples live as long as its last readings, so each new one is
+        a young object the garbage collector walks at its next collection: most counters do
+        not move from one poll to the next, and reusing them keeps those walks short."""
+        new = self._samples()
+        last = self._derived
+        if len(last) == len(new):
+            same = True
+            for i, (old, sample) in enumerate(zip(last, new, strict=True)):
+                if old == sample:
+                    new[i] = old
+                else:
+                    same = False
+            if same:
+                return last
+        self._derived = out = tuple(new)
+        return out
+
+    def _samples(self) -> list[Sample]:
         # Label tuples from shared caches: every device's derived samples carry the same few
-        # (kind, reason, tariff, phase), kept alive with its last reading until the next poll.
+        # (kind, reason, tariff, phase); a count still at 0 is the fleet's one sample of it.
         c = self.counters
         out: list[Sample] = []
         if self.kind == cat.METER:
             for key in sorted(c.meter_wh):
                 out.append(
-                    Sample(
+                    shared_sample(
                         "lektrico_meter_energy_joules_total",
                         _meter_labels(key),
                         c.meter_wh[key] * WH,
                     )
                 )
-            out.append(Sample("lektrico_meter_energy_gap_seconds_total", (), c.meter_gap_seconds))
+            out.append(
+                shared_sample("lektrico_meter_energy_gap_seconds_total", (), c.meter_gap_seconds)
+            )
             return out
-        out.append(Sample("lektrico_sessions_recorded_total", (), float(c.sessions)))
+        out.append(shared_sample("lektrico_sessions_recorded_total", (), float(c.sessions)))
         out.extend(
-            Sample(
+            shared_sample(
                 "lektrico_session_anomalies_total",
                 label_pair("kind", k),
-                _count_value(c.anomalies.get(k, 0)),
+                float(c.anomalies.get(k, 0)),
             )
             for k in ANOMALIES
         )
         out.extend(
-            Sample("lektrico_charging_limited_seconds_total", label_pair("reason", r), v)
+            shared_sample("lektrico_charging_limited_seconds_total", label_pair("reason", r), v)
             for r, v in sorted(c.limited_seconds.items())
         )
         out.extend(
-            Sample("lektrico_charging_limited_energy_joules_total", label_pair("reason", r), v * WH)
+            shared_sample(
+                "lektrico_charging_limited_energy_joules_total", label_pair("reason", r), v * WH
+            )
             for r, v in sorted(c.limited_wh.items())
         )
         out.extend(
-            Sample("lektrico_tariff_energy_joules_total", label_pair("tariff", k), v * WH)
+            shared_sample("lektrico_tariff_energy_joules_total", label_pair("tariff", k), v * WH)
             for k, v in sorted(c.tariff_wh.items())
         )
         out.extend(
-            Sample("lektrico_energy_cost_total", _cost_labels(k, cur), v)
+            shared_sample("lektrico_energy_cost_total", _cost_labels(k, cur), v)
             for k, (cur, v) in sorted(c.cost.items())
         )
         return out
-
-
-_ZERO = 0.0
-
-
-def _count_value(n: int) -> float:
-    """A count as a sample value; zero, most counts, is one object for the fleet."""
-    return float(n) if n else _ZERO
 
 
 @functools.cache
