@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from exporter import reading as reading_module
 from exporter.catalogue import table as cat
 from exporter.device.client import PollError, decode_reply
 from exporter.device.normalise import (
@@ -22,7 +23,7 @@ from exporter.device.normalise import (
     normalise_reply,
     to_number,
 )
-from exporter.reading import Sample
+from exporter.reading import Sample, shared_sample
 
 CAPTURES = Path(__file__).parent / "captures"
 CI = "Charger_info.Get"
@@ -811,3 +812,31 @@ def test_dynamic_current_with_the_specs_trailing_space_is_read() -> None:
     samples = run("1p7k", {CI: info, DC: {"dynamic_current ": 10}})
     assert one(samples, "lektrico_current_limit_amperes", limit="dynamic") == 10
     assert one(samples, "lektrico_relay_mode") is None  # absent when not reported
+
+
+def test_two_chargers_share_their_0_and_1_samples_and_keep_their_own_readings() -> None:
+    # Shared objects are an optimisation only: each device's values stay its own.
+    one = run("1p7k", {CI: charger_info(currents=[0.0, 0, 0], charger_state="A")})
+    two = run("1p7k", {CI: charger_info(currents=[16.0, 0, 0], charger_state="A")})
+    flags = [
+        (a, b)
+        for a, b in zip(one, two, strict=True)
+        if a.value in (0.0, 1.0) and a == b and not a.metric.endswith("_info")  # info: per device
+    ]
+
+    assert len(flags) >= 10
+    assert all(a is b for a, b in flags)
+    assert series(one, "lektrico_current_amperes") == {(("phase", "L1"),): 0.0}
+    assert series(two, "lektrico_current_amperes") == {(("phase", "L1"),): 16.0}
+
+
+def test_a_shared_sample_is_never_negative_zero_and_its_table_is_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert str(shared_sample("lektrico_power_watts", (), -0.0).value) == "0.0"
+    monkeypatch.setattr(reading_module, "_SHARED", {})
+    monkeypatch.setattr(reading_module, "SHARED_MAX", 2)
+    made = [shared_sample(f"m{i}", (), 1.0) for i in range(4)]
+    assert len(reading_module._SHARED) == 2
+    assert made[3] == Sample("m3", (), 1.0)
+    assert shared_sample("m3", (), 1.0) is not made[3]  # past the bound: made anew each time

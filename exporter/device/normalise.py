@@ -24,7 +24,7 @@ from typing import Any
 from exporter.catalogue import table as cat
 from exporter.catalogue.table import Group, Metric, Model
 from exporter.device.client import PollError
-from exporter.reading import Labels, Sample, label_pair
+from exporter.reading import Labels, Sample, label_pair, shared_sample
 
 Replies = Mapping[str, Mapping[str, Any]]
 KEY_ALIASES = {"state_machine_e_activated": "state_e_activated"}
@@ -115,21 +115,9 @@ def label_value(raw: object) -> str | None:
     return text[:MAX_LABEL_VALUE]
 
 
-# Samples and label tuples that every device of a fleet has alike (a state series at 0, an
-# error flag that is off) are one object for the whole fleet, not one per device: only names
-# from the catalogue are kept here, so what a device invents cannot grow it.
+# Error flags the catalogue knows: their samples are shared by the fleet (shared_sample);
+# a flag a device invents gets samples of its own, so it cannot grow that table.
 _KNOWN_FLAGS = frozenset(cat.ERROR_FLAGS)
-_SHARED: dict[tuple[str, str, str, float], Sample] = {}
-
-
-def shared(metric: str, label: str, value: str, number: float) -> Sample:
-    """Sample(metric, ((label, value),), number) for a catalogue-known label value and a
-    number of 0 or 1."""
-    key = (metric, label, value, number)
-    sample = _SHARED.get(key)
-    if sample is None:
-        sample = _SHARED[key] = Sample(metric, label_pair(label, value), number)
-    return sample
 
 
 class Extractor:
@@ -181,13 +169,13 @@ class Extractor:
             v = self._number(metric, ex.sources, ex.scale, ex.boolean)
             if v is None:
                 return []
-            return [Sample(name, (), 1.0 - v if ex.invert else v)]
+            return [shared_sample(name, (), 1.0 - v if ex.invert else v)]
         if isinstance(ex, cat.Labelled):
             out = []
             for label, sources in ex.entries:
                 v = self._number(metric, sources, ex.scale, ex.boolean)
                 if v is not None:
-                    out.append(Sample(name, label_pair(metric.labels[0], label), v))
+                    out.append(shared_sample(name, label_pair(metric.labels[0], label), v))
             return out
         if isinstance(ex, cat.PerPhase):
             return self._phases(metric, ex)
@@ -206,7 +194,7 @@ class Extractor:
             if not isinstance(raw, list):
                 self.dropped["type"] += 1
                 return []
-            return [Sample(name, (), float(len(raw)))]
+            return [shared_sample(name, (), float(len(raw)))]
         if isinstance(ex, cat.Schedule):
             return self._schedule(metric, ex)
         return []
@@ -228,7 +216,7 @@ class Extractor:
             drops = self.dropped if ex.part == "active" else Counter()
             current = active_interval(intervals, minute, drops)
         if ex.part == "active":
-            return [Sample(metric.name, (), 0.0 if current is None else 1.0)]
+            return [shared_sample(metric.name, (), 0.0 if current is None else 1.0)]
         if current is None:
             return []
         if metric.valid and not metric.valid[0] <= current <= metric.valid[1]:
@@ -273,12 +261,15 @@ class Extractor:
             if value is None:
                 self.dropped[reason or "type"] += 1
                 continue
-            out.append(Sample(metric.name, label_pair("phase", phase), value * ex.scale))
+            out.append(shared_sample(metric.name, label_pair("phase", phase), value * ex.scale))
         return out
 
     def _state_series(self, metric: Metric, known: tuple[str, ...], current: str) -> list[Sample]:
         label = metric.labels[0]
-        out = [shared(metric.name, label, s, 1.0 if s == current else 0.0) for s in known]
+        out = [
+            shared_sample(metric.name, label_pair(label, s), 1.0 if s == current else 0.0)
+            for s in known
+        ]
         if current not in known:
             out.append(Sample(metric.name, ((label, current),), 1.0))
         return out
@@ -328,7 +319,7 @@ class Extractor:
         out = []
         for flag, value in merged.items():
             if flag in _KNOWN_FLAGS:
-                out.append(shared(metric.name, metric.labels[0], flag, value))
+                out.append(shared_sample(metric.name, label_pair(metric.labels[0], flag), value))
             else:
                 out.append(Sample(metric.name, ((metric.labels[0], flag),), value))
         return out
