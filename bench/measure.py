@@ -26,6 +26,7 @@ from bench.window import (
     self_counters,
     settle,
     snapshot,
+    timed_scrape,
     until_steady,
     window_seconds,
 )
@@ -182,10 +183,10 @@ async def measure_size(
         plain, gz, body = [], [], b""
         deadline = time.monotonic() + opts.scrape_budget
         for _ in range(opts.scrapes):
-            seconds, body = await scrape(session, f"{base}/metrics", gzip=False)
+            seconds, body = await timed_scrape(f"{base}/metrics", gzip=False)
             plain.append((seconds, len(body)))
             await asyncio.sleep(0.2)  # let polls land, so every scrape renders afresh
-            seconds, gz_body = await scrape(session, f"{base}/metrics", gzip=True)
+            seconds, gz_body = await timed_scrape(f"{base}/metrics", gzip=True)
             gz.append((seconds, len(gz_body)))
             await asyncio.sleep(0.2)
             if time.monotonic() > deadline:

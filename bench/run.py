@@ -16,7 +16,8 @@ For each fleet size N, on this machine and over real loopback sockets:
    lektrico_polls_late_total), the exporter's CPU seconds per 1,000 polls and RSS (/proc),
    HTTP requests per device per poll (lektrico_device_requests_total, checked against the
    simulator's own call counts), and the load of the machine;
-3. `/metrics` is scraped up to `--scrapes` times plain and as many gzip, timed client-side;
+3. `/metrics` is scraped up to `--scrapes` times plain and as many gzip, timed client-side by
+   a client that reads as Prometheus does (http.client in a thread, large reads);
    `/probe` takes a burst of `--probe-requests` requests (at most `--probe-seconds`) at
    concurrency 16, by device address (host:port);
 4. the exporter stops and the floor runs: a bare aiohttp client in its own process, on the
