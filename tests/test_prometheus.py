@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import math
@@ -313,6 +314,32 @@ def test_gzip_body_follows_a_new_publish() -> None:
 
     assert gzip.decompress(exposition.render_gzip()) == exposition.render()
     assert b'device="b"' in exposition.render()
+
+
+def test_plain_body_of_a_large_fleet_is_joined_off_the_loop_as_it_was_asked_for() -> None:
+    exposition = fleet(*(reading(f"d{i:04}") for i in range(Exposition.THREAD_FROM + 10)))
+    before = exposition.render()
+    exposition.publish(reading("d0000", up=False))  # no cached body: the thread joins
+
+    async def scrape_while_a_poll_lands() -> tuple[bytes, ...]:
+        scrape = asyncio.ensure_future(exposition.render_async())
+        await asyncio.sleep(0)  # the chunks are taken; the join runs in its thread
+        exposition.publish(reading("d0001", up=False))
+        return await scrape
+
+    parts = asyncio.run(scrape_while_a_poll_lands())
+
+    assert len(parts) > 1  # family by family, never one join of the whole body
+    body = b"".join(parts)
+    assert body != before and body != exposition.render()
+    assert body.count(b'lektrico_up{device="d0000",site="home"} 0') == 1
+    assert b'lektrico_up{device="d0001",site="home"} 1' in body
+
+
+def test_plain_body_of_a_small_fleet_is_the_rendered_one() -> None:
+    exposition = fleet(reading("a"), reading("b"))
+
+    assert asyncio.run(exposition.render_async()) == (exposition.render(),)
 
 
 def test_probe_excludes_the_exporters_own_metrics() -> None:

@@ -83,6 +83,11 @@ def join_families(chunks: Iterable[tuple[str, Iterable[bytes]]]) -> bytes:
     return b"".join(parts)
 
 
+def _join_each(families: list[tuple[bytes, list[bytes]]]) -> list[bytes]:
+    """Each family's header and chunks as one bytes object."""
+    return [b"".join((header, *chunks)) for header, chunks in families]
+
+
 def render_probe(reading: Reading) -> bytes:
     """/probe: one device, health and live values, none of the exporter's own."""
     block = render_device(reading, PROBE_GROUPS)
@@ -101,6 +106,7 @@ class Exposition:
     """
 
     BLOCK = 512
+    THREAD_FROM = 512  # devices from which a plain scrape is joined off the event loop
 
     def __init__(self) -> None:
         self._slots: dict[str, int] = {}
@@ -212,17 +218,33 @@ class Exposition:
             )
         return self._plain
 
+    async def render_async(self) -> tuple[bytes, ...]:
+        """render() as the parts of one body: for a large fleet, family by family, joined in a
+        worker thread from the chunks as they were when the scrape began.
+
+        Joined on the loop, 10,000 devices' 74 MB held every poll back for 100-800 ms a scrape.
+        In the thread each family is one join of at most a few MB, and between them the loop
+        takes the GIL back, so polls go on while a scrape is made; nothing is kept afterwards."""
+        if self._plain is not None or len(self._slots) < self.THREAD_FROM:
+            return (self.render(),)
+        families = [
+            (HEADERS[name], self._chunks[name].copy())
+            for name in FAMILY_ORDER
+            if self._filled[name]
+        ]
+        return tuple(await asyncio.to_thread(_join_each, families))
+
     def render_gzip(self, tail: bytes = b"") -> bytes:
         """The exposition followed by `tail` (the exporter's own metrics), as one gzip member."""
         plan = self._gzip_plan()
-        return self._gzip_of(plan, [Block.of(plain) for plain in plan.stale], tail)
+        return self._gzip_of(plan, [Block.of(b"".join(block)) for block in plan.stale], tail)
 
     async def render_gzip_async(self, tail: bytes = b"") -> bytes:
         """render_gzip, compressing the changed blocks in a worker thread (zlib lets go of the
         GIL), so polls and other scrapes go on meanwhile. The body is the exposition as it
         was when the scrape began: polls that land meanwhile go to the next scrape."""
         plan = self._gzip_plan()
-        fresh = await asyncio.to_thread(lambda: [Block.of(plain) for plain in plan.stale])
+        fresh = await asyncio.to_thread(lambda: [Block.of(b"".join(b)) for b in plan.stale])
         return self._gzip_of(plan, fresh, tail)
 
     def _gzip_plan(self) -> GzipPlan:
@@ -239,9 +261,8 @@ class Exposition:
                     if block.size:
                         plan.parts.append(block)
                     continue
-                plain = b"".join(chunks[index * self.BLOCK : (index + 1) * self.BLOCK])
                 plan.parts.append((name, index, version))
-                plan.stale.append(plain)
+                plan.stale.append(chunks[index * self.BLOCK : (index + 1) * self.BLOCK])
         return plan
 
     def _gzip_of(self, plan: GzipPlan, fresh: list[Block], tail: bytes) -> bytes:
@@ -299,7 +320,7 @@ class Block:
 @dataclass
 class GzipPlan:
     parts: list[Block | tuple[str, int, int]] = field(default_factory=list)
-    stale: list[bytes] = field(default_factory=list)
+    stale: list[list[bytes]] = field(default_factory=list)  # each stale block's chunks
 
 
 # CRC-32 of concatenated data from the parts' CRCs, as zlib's crc32_combine (not in Python's

@@ -275,7 +275,7 @@ class Web:
             zipped = await self.exposition.render_gzip_async(own)
             body = Parts(zipped, content_type=CONTENT_TYPE)
             return web.Response(body=body, headers={"Content-Encoding": "gzip", **VARY})
-        body = Parts(self.exposition.render(), own, content_type=CONTENT_TYPE)
+        body = Parts(*await self.exposition.render_async(), own, content_type=CONTENT_TYPE)
         return web.Response(body=body, headers=VARY)
 
     async def api_sessions(self, request: web.Request) -> web.Response:
