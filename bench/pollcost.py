@@ -208,7 +208,7 @@ async def scrape(app: Exporter, every: float) -> None:
     own = app.metrics.render()
     while True:
         await asyncio.sleep(every)
-        app.exposition.render()
+        await app.exposition.render_async()
         await app.exposition.render_gzip_async(own)
 
 
