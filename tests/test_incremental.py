@@ -242,7 +242,7 @@ def test_gzip_compresses_only_the_blocks_that_changed(monkeypatch: pytest.Monkey
 
     def spy(self: Exposition) -> Any:
         plan = original(self)
-        compressed.extend(plan.stale)
+        compressed.extend(b"".join(block) for block in plan.stale)
         return plan
 
     monkeypatch.setattr(Exposition, "_gzip_plan", spy)
