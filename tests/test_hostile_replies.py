@@ -28,7 +28,6 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import aiohttp
 import pytest
 from aiohttp import web
 from hypothesis import HealthCheck, given, settings
@@ -38,6 +37,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.catalogue import table as cat
 from exporter.catalogue.selfmetrics import SelfMetrics
 from exporter.device.client import MAX_REPLY_BYTES, DeviceClient, PollError
+from exporter.device.http import HttpClient
 from exporter.device.poller import DevicePoller, DeviceState, PollSettings, Target
 from exporter.outputs.prometheus import render_probe
 from exporter.reading import Reading
@@ -180,13 +180,11 @@ async def raw() -> AsyncIterator[Raw]:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    # The poller's own session settings: one connection per device, no aiohttp timeout.
-    connector = aiohttp.TCPConnector(limit_per_host=1, keepalive_timeout=3.0)
-    async with aiohttp.ClientSession(
-        connector=connector, timeout=aiohttp.ClientTimeout(total=None), auto_decompress=False
-    ) as session:
-        yield session
+async def http() -> AsyncIterator[HttpClient]:
+    # The poller's own client, with its own connection limit; the caller bounds each poll.
+    client = HttpClient(100)
+    yield client
+    await client.close()
 
 
 # ---- strategies ----------------------------------------------------------------------------
@@ -315,8 +313,8 @@ def dropped(reading: Reading) -> float:
     return sum(s.value for s in reading.samples if s.metric == "lektrico_values_dropped_total")
 
 
-async def poll_once(session: aiohttp.ClientSession, url: str) -> Reading:
-    st_ = DeviceState(Target("hostile", url), DeviceClient(session, url))
+async def poll_once(http: HttpClient, url: str) -> Reading:
+    st_ = DeviceState(Target("hostile", url), DeviceClient(http, url))
     async with asyncio.timeout(BOUND):
         return await DevicePoller(POLL, SelfMetrics()).poll(st_)
 
@@ -327,12 +325,12 @@ async def poll_once(session: aiohttp.ClientSession, url: str) -> Reading:
 @PROPERTY
 @given(case=hostile_main())
 async def test_any_main_reply_gives_a_client_result_or_a_poll_error(
-    hostile: Hostile, session: aiohttp.ClientSession, case: tuple[str, Reply]
+    hostile: Hostile, http: HttpClient, case: tuple[str, Reply]
 ) -> None:
     profile, reply = case
     main = cat.MAIN_METHOD[KIND[profile]]
     hostile.reset(profile, {main: reply})
-    client = DeviceClient(session, hostile.url)
+    client = DeviceClient(http, hostile.url)
 
     try:
         async with asyncio.timeout(BOUND):
@@ -347,7 +345,7 @@ async def test_any_main_reply_gives_a_client_result_or_a_poll_error(
 @given(case=hostile_main())
 async def test_any_main_reply_gives_a_sound_reading_and_no_unexpected_error(
     hostile: Hostile,
-    session: aiohttp.ClientSession,
+    http: HttpClient,
     caplog: pytest.LogCaptureFixture,
     case: tuple[str, Reply],
 ) -> None:
@@ -356,7 +354,7 @@ async def test_any_main_reply_gives_a_sound_reading_and_no_unexpected_error(
     caplog.clear()
 
     with caplog.at_level(logging.WARNING, logger="lektrico"):
-        reading = await poll_once(session, hostile.url)
+        reading = await poll_once(http, hostile.url)
 
     assert_reading_is_sound(reading)
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
@@ -376,7 +374,7 @@ def hostile_fleet_of_replies(draw: st.DrawFn) -> tuple[str, dict[str, Reply]]:
 @given(case=hostile_fleet_of_replies())
 async def test_any_mix_of_broken_methods_gives_a_sound_reading(
     hostile: Hostile,
-    session: aiohttp.ClientSession,
+    http: HttpClient,
     caplog: pytest.LogCaptureFixture,
     case: tuple[str, dict[str, Reply]],
 ) -> None:
@@ -385,7 +383,7 @@ async def test_any_mix_of_broken_methods_gives_a_sound_reading(
     caplog.clear()
 
     with caplog.at_level(logging.WARNING, logger="lektrico"):
-        reading = await poll_once(session, hostile.url)
+        reading = await poll_once(http, hostile.url)
 
     assert_reading_is_sound(reading)
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
@@ -447,13 +445,13 @@ def with_values(body: bytes, values: dict[str, bytes]) -> bytes:
 @PROPERTY
 @given(case=bad_values())
 async def test_untrusted_numbers_are_dropped_and_counted_never_exported(
-    hostile: Hostile, session: aiohttp.ClientSession, case: tuple[str, dict[str, bytes]]
+    hostile: Hostile, http: HttpClient, case: tuple[str, dict[str, bytes]]
 ) -> None:
     profile, values = case
     main = cat.MAIN_METHOD[KIND[profile]]
     hostile.reset(profile, {main: Reply(with_values(GOOD[profile][main], values))})
 
-    reading = await poll_once(session, hostile.url)
+    reading = await poll_once(http, hostile.url)
 
     assert reading.up, reading.error
     assert_reading_is_sound(reading)
@@ -463,7 +461,7 @@ async def test_untrusted_numbers_are_dropped_and_counted_never_exported(
 
 @pytest.mark.parametrize("wire", [b"true", b"false"])
 async def test_boolean_where_a_number_belongs_is_dropped_and_counted(
-    hostile: Hostile, session: aiohttp.ClientSession, wire: bytes
+    hostile: Hostile, http: HttpClient, wire: bytes
 ) -> None:
     # `"instant_power": true` is not 1 W: a boolean is only a value where the metric is a flag.
     hostile.reset(
@@ -475,7 +473,7 @@ async def test_boolean_where_a_number_belongs_is_dropped_and_counted(
         },
     )
 
-    reading = await poll_once(session, hostile.url)
+    reading = await poll_once(http, hostile.url)
 
     assert reading.up
     assert "lektrico_power_watts" not in {s.metric for s in reading.samples}
@@ -492,27 +490,25 @@ async def test_boolean_where_a_number_belongs_is_dropped_and_counted(
     profile=st.sampled_from(PROFILES),
 )
 async def test_reply_over_the_cap_is_refused_whatever_its_shape(
-    hostile: Hostile, session: aiohttp.ClientSession, size: int, mode: str, profile: str
+    hostile: Hostile, http: HttpClient, size: int, mode: str, profile: str
 ) -> None:
     main = cat.MAIN_METHOD[KIND[profile]]
     good = GOOD[profile][main]
     body = good[:-1] + b', "pad": "' + b"x" * (size - len(good) - 10) + b'"}'
     hostile.reset(profile, {main: Reply(body, mode)})
 
-    reading = await poll_once(session, hostile.url)
+    reading = await poll_once(http, hostile.url)
 
     assert not reading.up
     assert reading.reason == "http" and "byte cap" in (reading.error or ""), reading.error
 
 
-async def test_endless_reply_is_cut_off_at_the_cap(
-    hostile: Hostile, session: aiohttp.ClientSession
-) -> None:
+async def test_endless_reply_is_cut_off_at_the_cap(hostile: Hostile, http: HttpClient) -> None:
     hostile.reset("1p7k", {"Charger_info.Get": Reply(b"", "endless")})
     loop = asyncio.get_running_loop()
     started = loop.time()
 
-    reading = await poll_once(session, hostile.url)
+    reading = await poll_once(http, hostile.url)
     async with asyncio.timeout(BOUND):
         await hostile.stream_ended.wait()  # the server notices the client has gone
 
@@ -568,10 +564,10 @@ def raw_responses(draw: st.DrawFn) -> bytes:
 @PROPERTY
 @given(response=raw_responses())
 async def test_any_bytes_in_place_of_an_http_response_are_a_poll_error(
-    raw: Raw, session: aiohttp.ClientSession, response: bytes
+    raw: Raw, http: HttpClient, response: bytes
 ) -> None:
     raw.response = response
-    client = DeviceClient(session, f"http://127.0.0.1:{raw.port}")
+    client = DeviceClient(http, f"http://127.0.0.1:{raw.port}")
 
     try:
         async with asyncio.timeout(BOUND):

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 from hypothesis import given, settings
@@ -25,6 +24,7 @@ from exporter.device.client import (
     PollError,
     parse_json,
 )
+from exporter.device.http import HttpClient
 
 CHARGER_INFO = {"charger_state": "C", "instant_power": 1179.57, "currents": [5.468, 0, 0]}
 BOUND = 5.0  # no test may wait longer than this for a reply
@@ -220,13 +220,11 @@ def dispatch_unmatched(servers: Servers) -> Handler:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    # Like the poller's session: no aiohttp timeout (the caller bounds each poll), and replies
-    # decoded by the client, not by aiohttp.
-    async with aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(total=None), auto_decompress=False
-    ) as session:
-        yield session
+async def http() -> AsyncIterator[HttpClient]:
+    # The poller's own client, with its own connection limit; the caller bounds each poll.
+    client = HttpClient(100)
+    yield client
+    await client.close()
 
 
 async def get(client: DeviceClient, method: str = "Charger_info.Get") -> dict[str, Any]:
@@ -241,9 +239,9 @@ async def poll_error(client: DeviceClient, method: str = "Charger_info.Get") -> 
 
 
 async def test_good_reply_is_returned_as_the_bare_json_object(
-    servers: Servers, session: aiohttp.ClientSession
+    servers: Servers, http: HttpClient
 ) -> None:
-    client = DeviceClient(session, servers.url("good"))
+    client = DeviceClient(http, servers.url("good"))
 
     reply = await get(client)
 
@@ -252,9 +250,9 @@ async def test_good_reply_is_returned_as_the_bare_json_object(
 
 
 async def test_lowercase_spelling_is_tried_when_the_canonical_one_is_unknown(
-    servers: Servers, session: aiohttp.ClientSession
+    servers: Servers, http: HttpClient
 ) -> None:
-    client = DeviceClient(session, servers.url("lowercase_only"))
+    client = DeviceClient(http, servers.url("lowercase_only"))
 
     reply = await get(client)
 
@@ -266,9 +264,9 @@ async def test_lowercase_spelling_is_tried_when_the_canonical_one_is_unknown(
 
 
 async def test_spelling_that_worked_is_asked_first_next_time(
-    servers: Servers, session: aiohttp.ClientSession
+    servers: Servers, http: HttpClient
 ) -> None:
-    client = DeviceClient(session, servers.url("lowercase_only"))
+    client = DeviceClient(http, servers.url("lowercase_only"))
     await get(client)
     servers.hits.clear()
 
@@ -279,9 +277,9 @@ async def test_spelling_that_worked_is_asked_first_next_time(
 
 
 async def test_method_unknown_in_both_spellings_raises_method_unknown(
-    servers: Servers, session: aiohttp.ClientSession
+    servers: Servers, http: HttpClient
 ) -> None:
-    client = DeviceClient(session, servers.url("unknown"))
+    client = DeviceClient(http, servers.url("unknown"))
 
     with pytest.raises(MethodUnknown) as caught:
         await get(client, "Device_info.Get")
@@ -291,9 +289,9 @@ async def test_method_unknown_in_both_spellings_raises_method_unknown(
 
 
 async def test_error_frame_of_any_code_is_an_rpc_error_for_an_unknown_method(
-    servers: Servers, session: aiohttp.ClientSession
+    servers: Servers, http: HttpClient
 ) -> None:
-    client = DeviceClient(session, servers.url("error_frame"))
+    client = DeviceClient(http, servers.url("error_frame"))
 
     error = await poll_error(client)
 
@@ -303,9 +301,9 @@ async def test_error_frame_of_any_code_is_an_rpc_error_for_an_unknown_method(
 
 
 async def test_http_500_is_an_http_error_for_an_unknown_method(
-    servers: Servers, session: aiohttp.ClientSession
+    servers: Servers, http: HttpClient
 ) -> None:
-    client = DeviceClient(session, servers.url("server_error"))
+    client = DeviceClient(http, servers.url("server_error"))
 
     error = await poll_error(client)
 
@@ -314,9 +312,9 @@ async def test_http_500_is_an_http_error_for_an_unknown_method(
 
 
 async def test_http_503_is_a_busy_device_not_an_unknown_method(
-    servers: Servers, session: aiohttp.ClientSession
+    servers: Servers, http: HttpClient
 ) -> None:
-    client = DeviceClient(session, servers.url("busy"))
+    client = DeviceClient(http, servers.url("busy"))
 
     error = await poll_error(client)
 
@@ -325,9 +323,9 @@ async def test_http_503_is_a_busy_device_not_an_unknown_method(
 
 
 async def test_html_body_is_a_json_error_for_an_unknown_method(
-    servers: Servers, session: aiohttp.ClientSession
+    servers: Servers, http: HttpClient
 ) -> None:
-    client = DeviceClient(session, servers.url("html"))
+    client = DeviceClient(http, servers.url("html"))
 
     error = await poll_error(client)
 
@@ -335,12 +333,12 @@ async def test_html_body_is_a_json_error_for_an_unknown_method(
 
 
 async def test_once_a_spelling_answered_an_unknown_method_costs_one_request(
-    servers: Servers, session: aiohttp.ClientSession
+    servers: Servers, http: HttpClient
 ) -> None:
-    client = DeviceClient(session, servers.url("lowercase_only"))
+    client = DeviceClient(http, servers.url("lowercase_only"))
     await get(client)  # canonical unknown, lowercase answers: the device's spelling
     servers.hits.clear()
-    unknown = DeviceClient(session, servers.url("unknown"))
+    unknown = DeviceClient(http, servers.url("unknown"))
     unknown.spelling = client.spelling
 
     with pytest.raises(MethodUnknown):
@@ -351,30 +349,17 @@ async def test_once_a_spelling_answered_an_unknown_method_costs_one_request(
 
 @pytest.mark.parametrize("scenario", ["gzipped", "deflated", "raw_deflated"])
 async def test_compressed_reply_is_decoded(
-    servers: Servers, session: aiohttp.ClientSession, scenario: str
+    servers: Servers, http: HttpClient, scenario: str
 ) -> None:
-    client = DeviceClient(session, servers.url(scenario))
+    client = DeviceClient(http, servers.url(scenario))
 
     reply = await get(client)
 
     assert reply == CHARGER_INFO
 
 
-async def test_compressed_reply_is_decoded_by_a_session_that_decompresses_itself(
-    servers: Servers,
-) -> None:
-    async with aiohttp.ClientSession() as decompressing:
-        client = DeviceClient(decompressing, servers.url("gzipped"))
-
-        reply = await get(client)
-
-    assert reply == CHARGER_INFO
-
-
-async def test_only_gzip_and_deflate_are_asked_for(
-    servers: Servers, session: aiohttp.ClientSession
-) -> None:
-    client = DeviceClient(session, servers.url("encodings"))
+async def test_only_gzip_and_deflate_are_asked_for(servers: Servers, http: HttpClient) -> None:
+    client = DeviceClient(http, servers.url("encodings"))
 
     reply = await get(client)
 
@@ -382,9 +367,9 @@ async def test_only_gzip_and_deflate_are_asked_for(
 
 
 async def test_compressed_reply_over_the_cap_once_decoded_is_an_http_error(
-    servers: Servers, session: aiohttp.ClientSession
+    servers: Servers, http: HttpClient
 ) -> None:
-    client = DeviceClient(session, servers.url("gzip_bomb"))
+    client = DeviceClient(http, servers.url("gzip_bomb"))
 
     error = await poll_error(client)
 
@@ -392,19 +377,17 @@ async def test_compressed_reply_over_the_cap_once_decoded_is_an_http_error(
 
 
 async def test_reply_in_an_encoding_not_asked_for_is_an_http_error(
-    servers: Servers, session: aiohttp.ClientSession
+    servers: Servers, http: HttpClient
 ) -> None:
-    client = DeviceClient(session, servers.url("brotli"))
+    client = DeviceClient(http, servers.url("brotli"))
 
     error = await poll_error(client)
 
     assert error.reason == "http" and "br" in str(error)
 
 
-async def test_json_list_is_a_schema_error(
-    servers: Servers, session: aiohttp.ClientSession
-) -> None:
-    client = DeviceClient(session, servers.url("json_list"))
+async def test_json_list_is_a_schema_error(servers: Servers, http: HttpClient) -> None:
+    client = DeviceClient(http, servers.url("json_list"))
 
     error = await poll_error(client)
 
@@ -419,9 +402,9 @@ async def test_json_list_is_a_schema_error(
     ],
 )
 async def test_reply_over_the_size_cap_is_an_http_error(
-    servers: Servers, session: aiohttp.ClientSession, scenario: str, refused_by: str
+    servers: Servers, http: HttpClient, scenario: str, refused_by: str
 ) -> None:
-    client = DeviceClient(session, servers.url(scenario))
+    client = DeviceClient(http, servers.url(scenario))
 
     error = await poll_error(client)
 
@@ -429,8 +412,8 @@ async def test_reply_over_the_size_cap_is_an_http_error(
     assert refused_by in str(error)
 
 
-async def test_redirect_is_not_followed(servers: Servers, session: aiohttp.ClientSession) -> None:
-    client = DeviceClient(session, servers.url("redirect"))
+async def test_redirect_is_not_followed(servers: Servers, http: HttpClient) -> None:
+    client = DeviceClient(http, servers.url("redirect"))
 
     error = await poll_error(client)
 
@@ -440,9 +423,9 @@ async def test_redirect_is_not_followed(servers: Servers, session: aiohttp.Clien
 
 
 async def test_body_shorter_than_its_content_length_is_an_http_error(
-    servers: Servers, session: aiohttp.ClientSession
+    servers: Servers, http: HttpClient
 ) -> None:
-    client = DeviceClient(session, servers.url("truncated"))
+    client = DeviceClient(http, servers.url("truncated"))
 
     error = await poll_error(client)
 
@@ -450,8 +433,8 @@ async def test_body_shorter_than_its_content_length_is_an_http_error(
     assert "cut short" in str(error)
 
 
-async def test_closed_port_is_a_connect_error(session: aiohttp.ClientSession) -> None:
-    client = DeviceClient(session, f"http://127.0.0.1:{closed_port()}")
+async def test_closed_port_is_a_connect_error(http: HttpClient) -> None:
+    client = DeviceClient(http, f"http://127.0.0.1:{closed_port()}")
 
     error = await poll_error(client)
 
@@ -459,9 +442,9 @@ async def test_closed_port_is_a_connect_error(session: aiohttp.ClientSession) ->
 
 
 async def test_hanging_device_gives_the_caller_timeout_error_promptly(
-    servers: Servers, session: aiohttp.ClientSession
+    servers: Servers, http: HttpClient
 ) -> None:
-    client = DeviceClient(session, servers.url("hang"))
+    client = DeviceClient(http, servers.url("hang"))
     started = time.monotonic()
 
     with pytest.raises(TimeoutError):
@@ -476,9 +459,9 @@ async def test_hanging_device_gives_the_caller_timeout_error_promptly(
     ["Charge.Start", "App_config.Set", "Charge.Start#.Get", "Charge.Start?x=.Get", "../a.Get"],
 )
 async def test_non_read_method_is_refused_and_nothing_is_sent(
-    servers: Servers, session: aiohttp.ClientSession, method: str
+    servers: Servers, http: HttpClient, method: str
 ) -> None:
-    client = DeviceClient(session, servers.url("good"))
+    client = DeviceClient(http, servers.url("good"))
 
     with pytest.raises(ValueError):
         await get(client, method)
@@ -487,10 +470,8 @@ async def test_non_read_method_is_refused_and_nothing_is_sent(
     assert client.requests == 0
 
 
-async def test_invalid_utf8_body_is_a_json_error(
-    servers: Servers, session: aiohttp.ClientSession
-) -> None:
-    client = DeviceClient(session, servers.url("bad_utf8"))
+async def test_invalid_utf8_body_is_a_json_error(servers: Servers, http: HttpClient) -> None:
+    client = DeviceClient(http, servers.url("bad_utf8"))
 
     error = await poll_error(client)
 
@@ -498,9 +479,9 @@ async def test_invalid_utf8_body_is_a_json_error(
 
 
 async def test_deeply_nested_json_is_a_json_error_not_a_recursion_error(
-    servers: Servers, session: aiohttp.ClientSession
+    servers: Servers, http: HttpClient
 ) -> None:
-    client = DeviceClient(session, servers.url("deep"), max_reply_bytes=200_000)
+    client = DeviceClient(http, servers.url("deep"), max_reply_bytes=200_000)
 
     error = await poll_error(client)
 

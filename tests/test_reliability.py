@@ -41,6 +41,7 @@ import yaml
 from exporter.catalogue import table as cat
 from exporter.catalogue.selfmetrics import SelfMetrics
 from exporter.device.client import DeviceClient
+from exporter.device.http import HttpClient
 from exporter.device.poller import DevicePoller, DeviceState, PollSettings, Target
 from exporter.simulator.server import DeviceSpec
 from harness.fleet import LABEL, FleetRun, mib, run_fault_matrix
@@ -111,16 +112,16 @@ async def test_poll_that_times_out_half_way_is_redone_whole_next_time(
     fleet = await make_fleet([DeviceSpec("c1", "1p7k", seed=1)], frozen=True)
     settings = PollSettings(interval=5.0, timeout=2.0, slow_interval=600.0)
     worker = DevicePoller(settings, SelfMetrics())
-    async with aiohttp.ClientSession() as session:
-        twin = DeviceState(Target("c1", fleet.url("c1")), DeviceClient(session, fleet.url("c1")))
-        st = DeviceState(Target("c1", fleet.url("c1")), DeviceClient(session, fleet.url("c1")))
-        reference = [await worker.poll(twin) for _ in range(4)][-1]
-        fleet.set_fault("c1", "slow:0.7")  # identity answers, then time runs out before main
+    http = HttpClient(10)
+    twin = DeviceState(Target("c1", fleet.url("c1")), DeviceClient(http, fleet.url("c1")))
+    st = DeviceState(Target("c1", fleet.url("c1")), DeviceClient(http, fleet.url("c1")))
+    reference = [await worker.poll(twin) for _ in range(4)][-1]
+    fleet.set_fault("c1", "slow:0.7")  # identity answers, then time runs out before main
 
-        failed = await worker.poll(st)
-        fleet.set_fault("c1", "none")
-        good = await worker.poll(st)
-        later = [await worker.poll(st) for _ in range(4)]
+    failed = await worker.poll(st)
+    fleet.set_fault("c1", "none")
+    good = await worker.poll(st)
+    later = [await worker.poll(st) for _ in range(4)]
 
     assert reference.up and not failed.up and failed.reason == "timeout"
     assert good.up and all(r.up for r in later)

@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from aiohttp.abc import AbstractResolver, ResolveResult
-
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -307,32 +305,3 @@ class Lookups:
 
 
 LOOKUPS = Lookups()
-
-
-class BoundedResolver(AbstractResolver):
-    """aiohttp's threaded resolver on `LOOKUPS` instead of the default executor."""
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        infos = await LOOKUPS.getaddrinfo(
-            host, port, family=family, type=socket.SOCK_STREAM, flags=socket.AI_ADDRCONFIG
-        )
-        hosts: list[ResolveResult] = []
-        for fam, _, proto, _, address in infos:
-            if fam not in (socket.AF_INET, socket.AF_INET6):
-                continue
-            hosts.append(
-                ResolveResult(
-                    hostname=host,
-                    host=str(address[0]),
-                    port=int(address[1]),
-                    family=fam,
-                    proto=proto,
-                    flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
-                )
-            )
-        return hosts
-
-    async def close(self) -> None:
-        pass

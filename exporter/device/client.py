@@ -24,15 +24,17 @@ import time
 import zlib
 from typing import Any
 
-import aiohttp
 import orjson
 from yarl import URL
+
+from exporter.device.http import HttpClient, HttpFailure
 
 log = logging.getLogger("lektrico.device")
 
 MAX_REPLY_BYTES = 64 * 1024
 # The encodings asked for, and decoded; anything else a device sends is an http error.
 ACCEPT_ENCODING = "gzip, deflate"
+USER_AGENT = "User-Agent: lektrico-exporter"
 # HTTP statuses that say something about the request or the moment, not that the device lacks
 # the method: unauthorised, rate-limited, busy. Any other error status means "unknown method".
 TRANSIENT_STATUSES = frozenset({401, 403, 407, 408, 429, 503})
@@ -75,11 +77,11 @@ def one_line(text: str, limit: int = 200) -> str:
 
 
 class DeviceClient:
-    """Reads from one device; one connection at a time (the session's per-host limit is 1)."""
+    """Reads from one device, one request at a time, each on a connection of its own."""
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        http: HttpClient,
         base_url: str,
         *,
         auth: str | None = None,
@@ -87,17 +89,28 @@ class DeviceClient:
         name: str = "",
     ) -> None:
         self.name = name  # the device's, for debug logs
-        self._session = session
+        self._http = http
         self._base = base_url.rstrip("/")
-        self._headers = {"Accept-Encoding": ACCEPT_ENCODING}
+        url = URL(self._base)
+        self._tls = url.scheme == "https"
+        self._host = url.raw_host or ""
+        self._port = url.port or (443 if self._tls else 80)
+        self._prefix = url.raw_path.rstrip("/")
+        # Everything of a request but its first line, kept as bytes: a request is then one
+        # concatenation (about 150 bytes a device).
+        lines = [
+            f"Host: {url.host_port_subcomponent}",
+            USER_AGENT,
+            f"Accept-Encoding: {ACCEPT_ENCODING}",
+            "Connection: close",
+        ]
         if auth is not None:  # the Authorization header's value, "Basic ..."
-            self._headers["Authorization"] = auth
+            lines.append(f"Authorization: {auth}")
+        self._head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         self._max = max_reply_bytes
         # Index into spellings() of the one this device answered; None until it answered once.
         self.spelling: int | None = None
         self.requests = 0
-        self._base_url = URL(self._base)
-        self._prefix = self._base_url.raw_path.rstrip("/")
 
     @property
     def base_url(self) -> str:
@@ -122,13 +135,10 @@ class DeviceClient:
         return reply
 
     async def _request(self, wire_name: str, method: str) -> dict[str, Any]:
-        # Built from the base parsed once, not parsed from a string: yarl's small host cache
-        # misses on a large fleet. Not kept per method either (~6 KB a device).
-        url = self._base_url.with_path(f"{self._prefix}/rpc/{wire_name}", encoded=True)
         self.requests += 1
         started = time.perf_counter()
         try:
-            reply = await self._send(url, method)
+            reply = await self._send(wire_name, method)
         except PollError as exc:
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
@@ -155,41 +165,25 @@ class DeviceClient:
             )
         return reply
 
-    async def _send(self, url: URL, method: str) -> dict[str, Any]:
+    async def _send(self, wire_name: str, method: str) -> dict[str, Any]:
+        # The method name is a checked read method (letters, digits, _ and one dot): it needs
+        # no escaping in a path.
+        request = f"GET {self._prefix}/rpc/{wire_name} HTTP/1.1\r\n".encode() + self._head
         try:
-            async with self._session.get(
-                url,
-                allow_redirects=False,
-                headers=self._headers,
-            ) as resp:
-                if resp.status != 200:
-                    error = PollError if self._transient(resp.status) else MethodUnknown
-                    raise error("http", f"HTTP {resp.status} {one_line(resp.reason or '')}", method)
-                body = await self._read_capped(resp, method)
-                if not self._session.auto_decompress:  # else aiohttp decoded it already
-                    encoding = resp.headers.get("Content-Encoding", "")
-                    body = self._decoded(body, encoding, method)
-        except PollError:
-            raise
-        except TimeoutError:
-            raise PollError("timeout", "no reply in time", method) from None
-        except aiohttp.ClientPayloadError as exc:
-            raise PollError("http", f"reply cut short ({one_line(str(exc), 80)})", method) from None
-        except aiohttp.ClientResponseError as exc:
-            raise PollError(
-                "http", f"bad HTTP reply ({one_line(exc.message, 80)})", method
-            ) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise PollError(
-                "connect", one_line(str(exc) or type(exc).__name__, 120), method
-            ) from None
+            resp = await self._http.get(self._tls, self._host, self._port, request, self._max)
+        except HttpFailure as exc:
+            raise PollError(exc.reason, exc.message, method) from None
+        if resp.status != 200:
+            error = PollError if self._transient(resp.status) else MethodUnknown
+            raise error("http", f"HTTP {resp.status} {one_line(resp.reason)}".rstrip(), method)
+        body = self._decoded(resp.body, resp.headers.get("content-encoding", ""), method)
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "%s %s: %d bytes",
                 self.name,
-                url.name,
+                wire_name,
                 len(body),
-                extra={"device": self.name, "method": url.name, "bytes": len(body)},
+                extra={"device": self.name, "method": wire_name, "bytes": len(body)},
             )
         return decode_reply(body, method)
 
@@ -216,21 +210,6 @@ class DeviceClient:
         if len(plain) > self._max:
             raise PollError("http", f"reply exceeds the {self._max} byte cap", method)
         return plain
-
-    async def _read_capped(self, resp: aiohttp.ClientResponse, method: str) -> bytes:
-        length = resp.content_length
-        if length is not None and length > self._max:
-            raise PollError(
-                "http", f"reply of {length} bytes exceeds the {self._max} byte cap", method
-            )
-        if length is not None:  # the usual reply: its length known and within the cap
-            return await resp.read()
-        body = bytearray()
-        async for chunk in resp.content.iter_any():
-            body += chunk
-            if len(body) > self._max:
-                raise PollError("http", f"reply exceeds the {self._max} byte cap", method)
-        return bytes(body)
 
 
 # orjson parses a reply several times faster than json, but not always to the same values: a

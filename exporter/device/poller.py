@@ -47,13 +47,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-
 from exporter.catalogue import table as cat
 from exporter.catalogue.selfmetrics import SelfMetrics
 from exporter.catalogue.table import Cadence, Model
-from exporter.config.addresses import BoundedResolver, parse_endpoint
+from exporter.config.addresses import parse_endpoint
 from exporter.device.client import DeviceClient, MethodUnknown, PollError
+from exporter.device.http import HttpClient
 from exporter.device.normalise import DeviceReplies
 from exporter.reading import Labels, Reading, Sample, label_pair, shared_sample
 
@@ -128,30 +127,14 @@ def spread(name: str, interval: float) -> float:
 
 
 def pool_limit(concurrency: int) -> int:
-    """Connections a session with this many polls in flight may open at once."""
+    """Connections a poller with this many polls in flight may open at once."""
     return max(concurrency * 2, 100)
 
 
-def new_session(concurrency: int, limit: int | None = None) -> aiohttp.ClientSession:
-    # One connection a poll, closed when the poll's last reply is in (force_close): a charger's
-    # small HTTP server keeps no idle socket for us, and the exporter keeps no idle connection
-    # per device (memory, and a cleanup pass over all of them every few seconds). Names are
-    # resolved in their own bounded threads (BoundedResolver), never in the default executor.
-    connector = aiohttp.TCPConnector(
-        limit=pool_limit(concurrency) if limit is None else limit,
-        limit_per_host=1,
-        force_close=True,
-        ttl_dns_cache=300,
-        resolver=BoundedResolver(),
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=None),
-        skip_auto_headers=("User-Agent",),
-        headers={"User-Agent": "lektrico-exporter"},
-        # The device client decodes gzip/deflate itself, with the reply size cap on the result.
-        auto_decompress=False,
-    )
+def new_http(concurrency: int, limit: int | None = None) -> HttpClient:
+    # One connection a request, closed when its reply is in: a charger's small HTTP server
+    # keeps no idle socket for us, and the exporter keeps no idle connection per device.
+    return HttpClient(pool_limit(concurrency) if limit is None else limit)
 
 
 @dataclass
@@ -565,7 +548,7 @@ class Poller:
         self.devices: dict[str, DeviceState] = {}
         self._probes: OrderedDict[str, DeviceState] = OrderedDict()
         self._worker = DevicePoller(settings, self.metrics)
-        self._session: aiohttp.ClientSession | None = None
+        self._http: HttpClient | None = None
         self._heap: list[tuple[float, int, str]] = []
         self._seq = 0
         self._wake = asyncio.Event()
@@ -578,10 +561,10 @@ class Poller:
         self._addresses: dict[str, str] = {}  # see _index_addresses
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = new_session(self.settings.concurrency)
-        return self._session
+    def http(self) -> HttpClient:
+        if self._http is None:
+            self._http = new_http(self.settings.concurrency)
+        return self._http
 
     def reconfigure(self, settings: PollSettings) -> None:
         """New poll settings; polls in flight finish under the old ones."""
@@ -591,9 +574,9 @@ class Poller:
     def on_remove(self, callback: Callable[[str], None]) -> None:
         self._on_remove.append(callback)
 
-    def _state(self, target: Target, session: aiohttp.ClientSession | None = None) -> DeviceState:
+    def _state(self, target: Target, http: HttpClient | None = None) -> DeviceState:
         client = DeviceClient(
-            session or self.session, target.base_url, auth=target.auth, name=target.name
+            http or self.http, target.base_url, auth=target.auth, name=target.name
         )
         return DeviceState(target, client)
 
@@ -792,14 +775,12 @@ class Poller:
                 index.setdefault(key, st.name)
         self._addresses = index
 
-    def adhoc(
-        self, name: str, base_url: str, session: aiohttp.ClientSession | None = None
-    ) -> DeviceState:
+    def adhoc(self, name: str, base_url: str, http: HttpClient | None = None) -> DeviceState:
         """State for a probed device that is not configured (kept in a small LRU cache);
-        `session` is the probes' own pool, so they never take the background polls' sockets."""
+        `http` is the probes' own, so they never take the background polls' connections."""
         st = self._probes.get(base_url)
         if st is None:
-            st = self._state(Target(name=name, base_url=base_url), session)
+            st = self._state(Target(name=name, base_url=base_url), http)
             self._probes[base_url] = st
             while len(self._probes) > self.PROBE_CACHE:
                 self._probes.popitem(last=False)
@@ -812,5 +793,5 @@ class Poller:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
+        if self._http is not None:
+            await self._http.close()

@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 from aiohttp import payload, web
 from aiohttp.abc import AbstractStreamWriter
 
@@ -26,7 +25,8 @@ from exporter.config.addresses import (
     parse_target,
     resolve_host,
 )
-from exporter.device.poller import DeviceState, Poller, new_session
+from exporter.device.http import HttpClient
+from exporter.device.poller import DeviceState, Poller, new_http
 from exporter.outputs.prometheus import CONTENT_TYPE, Exposition, render_probe
 from exporter.reading import Reading
 from exporter.sessions.ledger import Session
@@ -142,7 +142,7 @@ class Web:
         # Probes of unconfigured targets: at most this many in flight, on their own pool.
         self.probe_concurrency = probe_concurrency
         self._probing = 0
-        self._probe_session: aiohttp.ClientSession | None = None
+        self._probe_http: HttpClient | None = None
 
     def app(self) -> web.Application:
         app = web.Application(
@@ -165,16 +165,16 @@ class Web:
         return app
 
     @property
-    def probe_session(self) -> aiohttp.ClientSession:
-        if self._probe_session is None:
+    def probe_http(self) -> HttpClient:
+        if self._probe_http is None:
             size = self.probe_concurrency
-            self._probe_session = new_session(size, limit=size)
-        return self._probe_session
+            self._probe_http = new_http(size, limit=size)
+        return self._probe_http
 
     async def close(self) -> None:
-        if self._probe_session is not None:
-            await self._probe_session.close()
-            self._probe_session = None
+        if self._probe_http is not None:
+            await self._probe_http.close()
+            self._probe_http = None
 
     async def index(self, request: web.Request) -> web.Response:
         return await self._asset("status.html")
@@ -348,7 +348,7 @@ class Web:
             self._probing += 1
             try:
                 url = await self.policy.url_for(parsed)
-                st = self.poller.adhoc(target, url, self.probe_session)
+                st = self.poller.adhoc(target, url, self.probe_http)
                 reading = await self.poller.poll(st, timeout=self._budget(request))
             except TargetError as exc:
                 return self._refused(target, exc)
