@@ -275,6 +275,8 @@ async def flat_out(opts: argparse.Namespace, poller: Poller, workdir: Path) -> N
     )
     if profile:
         pstats.Stats(profile).sort_stats("tottime").print_stats(25)
+        if os.environ.get("LEKTRICO_PROFILE_OUT"):
+            profile.dump_stats(os.environ["LEKTRICO_PROFILE_OUT"])
     if spy is not None:
         print_shares(await spy)
 

@@ -4,6 +4,7 @@ it keeps when the store cannot be written."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from exporter.config.schema import parse_config
 from exporter.device.poller import Poller, PollSettings, Target
 from exporter.reading import Reading, Sample
-from exporter.sessions.stage import SESSION_FIELDS, SessionsStage, session_line
+from exporter.sessions.stage import SESSION_FIELDS, SessionsStage, session_line, state_json
 from exporter.sessions.store import Batch, Store
 
 T0 = 1_790_000_000.0
@@ -79,6 +80,41 @@ def test_a_device_removed_and_back_keeps_its_counters(tmp_path: Path) -> None:
 
     recorded = [s.value for s in back.samples if s.metric == "lektrico_sessions_recorded_total"]
     assert recorded == [1.0]
+
+
+def test_a_device_state_is_written_as_json_writes_it(tmp_path: Path) -> None:
+    stage = stage_at(tmp_path)
+    t = T0
+    for state in ("A", "C", "C", "C", "B"):  # mid-session: a session, counters, last values
+        stage.apply(charger(t, state, wh=(t - T0) / 3.6 + 0.123456789))
+        t += 15.0
+    state_of = stage.ledger.devices["garage"].state()
+
+    assert state_of["session"] is not None
+    assert json.loads(state_json(state_of)) == json.loads(json.dumps(state_of))
+    beyond_64_bits = {"closed_sid": 2**70, "t": 0.1}
+    assert state_json(beyond_64_bits) == json.dumps(beyond_64_bits)
+
+
+def test_a_staged_reading_is_the_reading_with_the_derived_samples(tmp_path: Path) -> None:
+    stage = stage_at(tmp_path)
+    reading = charger(T0)
+
+    staged = stage.apply(reading)
+
+    assert staged.samples[: len(reading.samples)] == reading.samples
+    assert len(staged.samples) > len(reading.samples)
+    assert staged == Reading(
+        reading.device,
+        reading.user_labels,
+        reading.time,
+        reading.up,
+        reading.duration,
+        reading.model,
+        staged.samples,
+        reading.reason,
+        reading.error,
+    )
 
 
 async def test_a_failed_store_write_keeps_the_changes_for_the_next_flush(

@@ -17,8 +17,9 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
+
+import orjson
 
 from exporter.config.schema import Config
 from exporter.outputs.influx import lines as influx
@@ -81,6 +82,16 @@ def session_line(s: Session, prefix: str = "lektrico", precision: str = "s") -> 
     measurement = influx.escape_measurement(name)
     ts = influx.timestamp(s.start, precision)
     return f"{measurement}{tagset} {body} {ts}\n".encode()
+
+
+def state_json(state: dict[str, Any]) -> str:
+    """json.dumps(state), ten times faster: every device's state is written after each poll.
+    orjson refuses integers beyond 64 bits (json takes them: so does this, by json) and would
+    write a NaN as null; a ledger's values come from readings, which hold finite values only."""
+    try:
+        return orjson.dumps(state).decode()
+    except TypeError:
+        return json.dumps(state)
 
 
 class SessionsStage:
@@ -168,7 +179,7 @@ class SessionsStage:
             ledger = self.ledger.devices.get(name)
             if ledger is not None:
                 # Made on the event loop, so each device's state is the one after a whole poll.
-                states.append((name, json.dumps(ledger.state())))
+                states.append((name, state_json(ledger.state())))
         sessions = [session_row(s) for s in self._sessions.values()]
         self._dirty.clear()
         self._sessions.clear()
@@ -212,7 +223,18 @@ class SessionsStage:
                 self.emit(session_line(s, self.prefix, self.precision))
         if not result.samples:
             return reading
-        return replace(reading, samples=reading.samples + result.samples)
+        r = reading  # a new Reading with the derived samples: dataclasses.replace costs twice
+        return Reading(
+            r.device,
+            r.user_labels,
+            r.time,
+            r.up,
+            r.duration,
+            r.model,
+            r.samples + result.samples,
+            r.reason,
+            r.error,
+        )
 
     # ---- as an output --------------------------------------------------------------------
 
