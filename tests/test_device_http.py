@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from exporter.device.client import DeviceClient, PollError
 from exporter.device.http import MAX_HEAD_BYTES, HttpClient, HttpFailure
+from harness.tcp import hang_up, tcp_server
 
 BOUND = 5.0
 REQUEST = b"GET /rpc/Charger_info.Get HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
@@ -55,19 +56,14 @@ class Server:
                         self.closed_by_client.set()
         finally:
             self.open_now -= 1
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+            await hang_up(writer)
 
 
 @pytest.fixture
 async def server() -> AsyncIterator[Server]:
     s = Server()
-    tcp = await asyncio.start_server(s.handle, "127.0.0.1", 0)
-    s.port = tcp.sockets[0].getsockname()[1]
-    yield s
-    tcp.close()
-    await tcp.wait_closed()
+    async with tcp_server(s.handle) as s.port:
+        yield s
 
 
 def sends(*parts: bytes, close: bool = False) -> Script:
@@ -153,8 +149,6 @@ async def test_repeated_headers_are_joined_and_names_lower_cased(server: Server)
 )
 async def test_reply_is_the_same_however_the_bytes_arrive(wire: bytes, cuts: list[int]) -> None:
     s = Server()
-    tcp = await asyncio.start_server(s.handle, "127.0.0.1", 0)
-    s.port = tcp.sockets[0].getsockname()[1]
     points = sorted(c for c in cuts if c < len(wire))
     parts = [wire[a:b] for a, b in zip([0, *points], [*points, len(wire)], strict=True)]
 
@@ -165,11 +159,8 @@ async def test_reply_is_the_same_however_the_bytes_arrive(wire: bytes, cuts: lis
             await asyncio.sleep(0.001)  # each part its own segment
 
     s.script = trickle
-    try:
+    async with tcp_server(s.handle) as s.port:
         assert await get(s) == BODY
-    finally:
-        tcp.close()
-        await tcp.wait_closed()
 
 
 @pytest.mark.parametrize(
@@ -220,10 +211,11 @@ async def test_connection_closed_early_says_where(
 
 
 async def test_refused_connection_is_a_connect_failure() -> None:
-    probe = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
-    port = probe.sockets[0].getsockname()[1]
-    probe.close()
-    await probe.wait_closed()
+    async def nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    async with tcp_server(nothing) as port:
+        pass  # closed again: nothing listens on the port now
 
     with pytest.raises(HttpFailure) as caught:
         await HttpClient(1).get(False, "127.0.0.1", port, REQUEST, 100)

@@ -42,6 +42,7 @@ from exporter.device.poller import DevicePoller, DeviceState, PollSettings, Targ
 from exporter.outputs.prometheus import render_probe
 from exporter.reading import Reading
 from exporter.simulator.device import make_device
+from harness.tcp import hang_up, tcp_server
 
 PROFILES = ("1p7k", "1p7k-old", "3p22k", "em", "3em")
 PROPERTY = settings(
@@ -164,19 +165,14 @@ class Raw:
                 await reader.readuntil(b"\r\n\r\n")
                 writer.write(self.response)
                 await writer.drain()
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
+        await hang_up(writer)
 
 
 @pytest.fixture
 async def raw() -> AsyncIterator[Raw]:
     server = Raw()
-    tcp = await asyncio.start_server(server.handle, "127.0.0.1", 0)
-    server.port = tcp.sockets[0].getsockname()[1]
-    yield server
-    tcp.close()
-    await tcp.wait_closed()
+    async with tcp_server(server.handle) as server.port:
+        yield server
 
 
 @pytest.fixture
