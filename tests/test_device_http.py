@@ -37,6 +37,7 @@ class Server:
     open_now: int = 0
     most_open: int = 0
     closed_by_client: asyncio.Event = field(default_factory=asyncio.Event)
+    reset_by_client: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.open_now += 1
@@ -54,6 +55,7 @@ class Server:
                             self.closed_by_client.set()
                     except ConnectionResetError:
                         self.closed_by_client.set()
+                        self.reset_by_client.set()
         finally:
             self.open_now -= 1
             await hang_up(writer)
@@ -110,6 +112,18 @@ async def test_reply_with_a_length_is_read_without_waiting_for_the_close(server:
     assert await get(server) == BODY
     async with asyncio.timeout(BOUND):
         await server.closed_by_client.wait()
+
+
+async def test_connection_is_reset_once_the_reply_is_whole(server: Server) -> None:
+    """A reset, not a close: a closed connection would sit in the host's connection tracking
+    for 120 s (TIME_WAIT), and polling fast fills the table."""
+    server.script = sends(LENGTH)
+
+    assert await get(server) == BODY
+    async with asyncio.timeout(BOUND):
+        await server.closed_by_client.wait()
+
+    assert server.reset_by_client.is_set()
 
 
 async def test_chunked_reply_with_extensions_and_trailers_is_decoded(server: Server) -> None:

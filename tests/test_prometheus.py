@@ -286,6 +286,57 @@ def test_removed_device_disappears_with_families_only_it_had() -> None:
     assert exposition.devices() == 1
 
 
+# Samples a device may report: a family of one, a family of two (phases), a value that
+# changes type or goes non-finite, and a family that may come in two places of one reading.
+POOL = [
+    Sample("lektrico_power_watts", (), 1179.57),
+    Sample("lektrico_power_watts", (), 1.0),
+    Sample("lektrico_current_amperes", (("phase", "L1"),), 5.468),
+    Sample("lektrico_current_amperes", (("phase", "L2"),), math.nan),
+    Sample("lektrico_current_amperes", (("phase", "L2"),), 0.0),
+    Sample("lektrico_charger_state", (("state", "C"),), 1.0),
+    Sample("lektrico_charger_state", (("state", "A"),), 0.0),
+    Sample("lektrico_temperature_celsius", (), math.inf),
+    Sample("lektrico_temperature_celsius", (), 23.7),
+]
+READINGS = st.builds(
+    lambda device, labels, up, picks: reading(
+        device, labels, up, [*health(up, None if up else "rpc"), *(POOL[i] for i in picks)]
+    ),
+    st.sampled_from(["a", "b", "c"]),
+    st.sampled_from([(), (("site", "home"),), (("site", "work"),)]),
+    st.booleans(),
+    st.lists(st.integers(0, len(POOL) - 1), max_size=8),
+)
+
+
+@given(st.lists(st.one_of(READINGS, st.sampled_from(["a", "b", "c"])), max_size=25))
+def test_any_publishes_and_removals_give_the_body_of_the_last_readings_alone(
+    steps: list[Reading | str],
+) -> None:
+    """Each poll re-renders only the families whose samples changed; whatever came before,
+    the body is the one the devices' last readings give on their own."""
+    exposition = Exposition()
+    last: dict[str, Reading] = {}
+    for step in steps:
+        if isinstance(step, str):
+            exposition.remove(step)
+            last.pop(step, None)
+        else:
+            exposition.publish(step)
+            last[step.device] = step
+
+    assert by_family(exposition.render()) == by_family(fleet(*last.values()).render())
+    assert exposition.devices() == len(last)
+
+
+def by_family(body: bytes) -> list[tuple[str, list[str]]]:
+    """Each family's header and its lines, in the body's order; devices in any order (a slot
+    freed by a removal is taken by the next new device)."""
+    families = body.decode().split("# HELP ")
+    return [(f.split("\n", 2)[0], sorted(f.split("\n")[2:])) for f in families if f]
+
+
 def test_gzip_body_decompresses_to_the_plain_body() -> None:
     exposition = fleet(reading("a"), reading("b"))
 

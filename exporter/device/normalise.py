@@ -19,6 +19,7 @@ import zoneinfo
 from array import array
 from collections import ChainMap, Counter
 from collections.abc import Iterable, Mapping
+from itertools import repeat
 from typing import Any
 
 from exporter.catalogue import table as cat
@@ -420,10 +421,22 @@ def changed_inputs(old: Replies, new: Replies) -> set[tuple[str, str]]:
             changed.add(whole)
             continue
         keys = a.keys() | b.keys() if whole in read else [key for _, key in read]
+        # _same_value inlined for the common case (a number or a string, of the same type),
+        # with each reply's values looked up by map: one comparison or two a key, no call.
         diff = [
             (method, key)
-            for key in keys
-            if not _same_value(a.get(key, _ABSENT), b.get(key, _ABSENT))
+            for key, x, y in zip(
+                keys,
+                map(a.get, keys, repeat(_ABSENT)),
+                map(b.get, keys, repeat(_ABSENT)),
+                strict=True,
+            )
+            if x is not y
+            and (
+                type(x) is not type(y)
+                or x != y
+                or (type(x) not in _SIMPLE and not _same_value(x, y))
+            )
         ]
         if diff:
             changed.update(diff)

@@ -21,7 +21,8 @@ import struct
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from itertools import groupby
+from itertools import compress, groupby
+from typing import NamedTuple
 
 from exporter.catalogue import table as cat
 from exporter.catalogue.table import Group
@@ -44,17 +45,71 @@ def escape(value: str) -> str:
 
 def format_value(value: float) -> str:
     value = float(value)  # an int passes type checks as a float but has no is_integer() on 3.11
+    if value.is_integer():  # most values; never NaN or infinite
+        return str(int(value)) if abs(value) < 1e15 else repr(value)
     if math.isnan(value):
         return "NaN"
     if math.isinf(value):
         return "+Inf" if value > 0 else "-Inf"
-    if value.is_integer() and abs(value) < 1e15:
-        return str(int(value))
     return repr(value)
 
 
 def label_text(labels: Labels) -> str:
     return ",".join(f'{k}="{escape(v)}"' for k, v in labels)
+
+
+# The text of a sample's own labels. A fleet's samples carry few distinct label tuples (a
+# phase, a state, an error flag), most of them the very same tuple objects, so each is escaped
+# and joined once. Bounded: past LABEL_TEXTS_MAX distinct ones, each is made afresh.
+_LABEL_TEXTS: dict[Labels, str] = {}
+LABEL_TEXTS_MAX = 65536
+
+
+def _extra_text(labels: Labels) -> str:
+    text = _LABEL_TEXTS.get(labels)
+    if text is None:
+        text = "," + label_text(labels)
+        if len(_LABEL_TEXTS) < LABEL_TEXTS_MAX:
+            _LABEL_TEXTS[labels] = text
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Where each family is in a reading with this sequence of metric names: devices of one
+    kind and firmware share one, so a poll finds its families with one lookup."""
+
+    families: tuple[tuple[str, int, int], ...]  # (name, start, end), in the reading's order
+    family_of: tuple[int, ...]  # per sample: the index of its family in `families`
+    names: tuple[str, ...]  # the families' names
+    split: bool  # a family in two places (not contiguous): rendered as a whole
+
+    @classmethod
+    def of(cls, metrics: tuple[str, ...]) -> Layout:
+        families: list[tuple[str, int, int]] = []
+        family_of: list[int] = []
+        at = 0
+        for name, group in groupby(metrics):
+            size = sum(1 for _ in group)
+            family_of.extend([len(families)] * size)
+            families.append((name, at, at + size))
+            at += size
+        names = tuple(f[0] for f in families)
+        return cls(tuple(families), tuple(family_of), names, len(set(names)) < len(names))
+
+
+_LAYOUTS: dict[tuple[str, ...], Layout] = {}
+LAYOUTS_MAX = 4096  # distinct sequences of metric names; past that, each is worked out anew
+
+
+def layout_of(samples: tuple[Sample, ...]) -> Layout:
+    metrics = tuple(map(_metric, samples))
+    layout = _LAYOUTS.get(metrics)
+    if layout is None:
+        layout = Layout.of(metrics)
+        if len(_LAYOUTS) < LAYOUTS_MAX:
+            _LAYOUTS[metrics] = layout
+    return layout
 
 
 def render_device(reading: Reading, groups: frozenset[Group] | None = None) -> dict[str, bytes]:
@@ -69,7 +124,7 @@ def render_device(reading: Reading, groups: frozenset[Group] | None = None) -> d
 
 
 def _line(base: str, sample: Sample) -> str:
-    extra = "," + label_text(sample.labels) if sample.labels else ""
+    extra = _extra_text(sample.labels) if sample.labels else ""
     return f"{sample.metric}{{{base}{extra}}} {format_value(sample.value)}\n"
 
 
@@ -94,6 +149,15 @@ def render_probe(reading: Reading) -> bytes:
     return join_families((name, [block[name]]) for name in FAMILY_ORDER if name in block)
 
 
+class Published(NamedTuple):
+    """What a device's chunks were made from."""
+
+    reading: Reading
+    present: tuple[str, ...]  # the families it has chunks in
+    layout: Layout | None  # None when rendered as a whole
+    base: str  # the text of its device and user labels
+
+
 class Exposition:
     """The fleet's exposition for /metrics, updated by every poll (an output sink).
 
@@ -116,8 +180,7 @@ class Exposition:
         # Per family and block: bumped at every change of one of the block's chunks.
         self._versions: dict[str, list[int]] = {name: [] for name in FAMILY_ORDER}
         self._blocks: dict[tuple[str, int], Block] = {}  # compressed, with the version it is of
-        self._present: dict[str, tuple[str, ...]] = {}
-        self._last: dict[str, Reading] = {}  # the reading each device's chunks were made from
+        self._last: dict[str, Published] = {}  # what each device's chunks were made from
         self._plain: bytes | None = None
 
     def _slot(self, device: str) -> int:
@@ -149,46 +212,47 @@ class Exposition:
         whose samples are the same keeps its chunk (most do, from one poll to the next)."""
         device = reading.device
         slot = self._slot(device)
+        samples = reading.samples
+        layout = layout_of(samples)
+        if layout.split:
+            self._publish_whole(reading, slot)
+            return
         last = self._last.get(device)
-        old = last.samples if last is not None and last.user_labels == reading.user_labels else ()
-        base: str | None = None
-        present: dict[str, None] = {}
-        at = 0
-        for name, group in groupby(reading.samples, _metric):
-            samples = tuple(group)
-            end = at + len(samples)
-            if name in present:  # a family in two places: render the device as a whole
-                self._publish_whole(reading, slot)
-                return
-            present[name] = None
-            if not (
-                old[at:end] == samples
-                and (at == 0 or old[at - 1].metric != name)
-                and (end == len(old) or old[end].metric != name)
-            ):
-                if base is None:
-                    base = label_text((("device", device), *reading.user_labels))
-                self._set(name, slot, "".join(_line(base, s) for s in samples).encode())
-            at = end
-        names = tuple(present)
-        if names != self._present.get(device):  # most polls bring the same families
-            self._clear_absent(device, slot, names)
-            self._present[device] = names
-        self._last[device] = reading
+        families = layout.families
+        if (
+            last is not None
+            and last.layout is layout
+            and last.reading.user_labels == reading.user_labels
+        ):
+            base = last.base
+            # The families of the samples that differ, found without a loop in Python.
+            changed: Iterable[int] = set(
+                compress(layout.family_of, map(operator.ne, last.reading.samples, samples))
+            )
+        else:
+            base = label_text((("device", device), *reading.user_labels))
+            changed = range(len(families))
+        for index in changed:
+            name, start, end = families[index]
+            self._set(name, slot, "".join([_line(base, s) for s in samples[start:end]]).encode())
+        if last is None or last.present != layout.names:
+            self._clear_absent(last, slot, layout.names)
+        self._last[device] = Published(reading, layout.names, layout, base)
         self._plain = None
 
     def _publish_whole(self, reading: Reading, slot: int) -> None:
         block = render_device(reading)
-        self._clear_absent(reading.device, slot, block)
+        self._clear_absent(self._last.get(reading.device), slot, block)
         for name, chunk in block.items():
             self._set(name, slot, chunk)
-        self._present[reading.device] = tuple(block)
-        self._last[reading.device] = reading
+        self._last[reading.device] = Published(reading, tuple(block), None, "")
         self._plain = None
 
-    def _clear_absent(self, device: str, slot: int, present: Iterable[str]) -> None:
+    def _clear_absent(self, last: Published | None, slot: int, present: Iterable[str]) -> None:
+        if last is None:
+            return
         keep = set(present)
-        for name in self._present.get(device, ()):
+        for name in last.present:
             if name not in keep:
                 self._set(name, slot, b"")
 
@@ -202,14 +266,14 @@ class Exposition:
         slot = self._slots.pop(device, None)
         if slot is None:
             return
-        for name in self._present.pop(device, ()):
+        last = self._last.pop(device, None)
+        for name in last.present if last is not None else ():
             self._set(name, slot, b"")
-        self._last.pop(device, None)
         self._free.append(slot)
         self._plain = None
 
     def devices(self) -> int:
-        return len(self._present)
+        return len(self._last)
 
     def render(self) -> bytes:
         if self._plain is None:
