@@ -7,7 +7,9 @@ line protocol). Outputs never call devices.
 from __future__ import annotations
 
 import functools
+import operator
 from dataclasses import dataclass
+from itertools import groupby
 from typing import NamedTuple
 
 Labels = tuple[tuple[str, str], ...]
@@ -63,3 +65,66 @@ class Reading:
     samples: tuple[Sample, ...]  # health + (when up) live + exporter's per-device counters
     reason: str | None = None  # why the device is down
     error: str | None = None  # one-line message, for the landing page and logs
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Where each metric's samples are in a reading with this sequence of metric names.
+
+    Devices of one kind and firmware share one, so an output finds the few metrics it reads,
+    or the families that changed, without a loop in Python over a reading's hundred samples."""
+
+    families: tuple[tuple[str, int, int], ...]  # runs of one metric: (name, start, end), in order
+    family_of: tuple[int, ...]  # per sample: the index of its run in `families`
+    names: tuple[str, ...]  # the runs' metric names
+    split: bool  # a metric in two runs (not contiguous)
+    runs: dict[str, tuple[tuple[int, int], ...]]  # metric → its runs' (start, end)
+
+    @classmethod
+    def of(cls, metrics: tuple[str, ...]) -> Layout:
+        families: list[tuple[str, int, int]] = []
+        family_of: list[int] = []
+        runs: dict[str, tuple[tuple[int, int], ...]] = {}
+        at = 0
+        for name, group in groupby(metrics):
+            size = sum(1 for _ in group)
+            family_of.extend([len(families)] * size)
+            families.append((name, at, at + size))
+            runs[name] = (*runs.get(name, ()), (at, at + size))
+            at += size
+        names = tuple(f[0] for f in families)
+        return cls(tuple(families), tuple(family_of), names, len(runs) < len(names), runs)
+
+
+_LAYOUTS: dict[tuple[str, ...], Layout] = {}
+LAYOUTS_MAX = 4096  # distinct sequences of metric names; past that, each is worked out anew
+_metric = operator.itemgetter(0)
+
+
+def layout_of(samples: tuple[Sample, ...]) -> Layout:
+    global _recent
+    recent_samples, recent = _recent  # one reading goes through every output in turn
+    if recent_samples is samples:
+        return recent
+    metrics = tuple(map(_metric, samples))
+    layout = _LAYOUTS.get(metrics)
+    if layout is None:
+        layout = Layout.of(metrics)
+        if len(_LAYOUTS) < LAYOUTS_MAX:
+            _LAYOUTS[metrics] = layout
+    _recent = (samples, layout)  # one assignment: a reader in another thread sees a pair
+    return layout
+
+
+def samples_of(samples: tuple[Sample, ...], layout: Layout, metric: str) -> tuple[Sample, ...]:
+    """The samples of one metric, in the reading's order."""
+    runs = layout.runs.get(metric)
+    if runs is None:
+        return ()
+    if len(runs) == 1:
+        start, end = runs[0]
+        return samples[start:end]
+    return tuple(s for start, end in runs for s in samples[start:end])
+
+
+_recent: tuple[tuple[Sample, ...], Layout] = ((), Layout.of(()))

@@ -21,12 +21,12 @@ import struct
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from itertools import compress, groupby
+from itertools import compress
 from typing import NamedTuple
 
 from exporter.catalogue import table as cat
 from exporter.catalogue.table import Group
-from exporter.reading import Labels, Reading, Sample
+from exporter.reading import Labels, Layout, Reading, Sample, layout_of
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 HEADERS: dict[str, bytes] = {
@@ -72,44 +72,6 @@ def _extra_text(labels: Labels) -> str:
         if len(_LABEL_TEXTS) < LABEL_TEXTS_MAX:
             _LABEL_TEXTS[labels] = text
     return text
-
-
-@dataclass(frozen=True, slots=True)
-class Layout:
-    """Where each family is in a reading with this sequence of metric names: devices of one
-    kind and firmware share one, so a poll finds its families with one lookup."""
-
-    families: tuple[tuple[str, int, int], ...]  # (name, start, end), in the reading's order
-    family_of: tuple[int, ...]  # per sample: the index of its family in `families`
-    names: tuple[str, ...]  # the families' names
-    split: bool  # a family in two places (not contiguous): rendered as a whole
-
-    @classmethod
-    def of(cls, metrics: tuple[str, ...]) -> Layout:
-        families: list[tuple[str, int, int]] = []
-        family_of: list[int] = []
-        at = 0
-        for name, group in groupby(metrics):
-            size = sum(1 for _ in group)
-            family_of.extend([len(families)] * size)
-            families.append((name, at, at + size))
-            at += size
-        names = tuple(f[0] for f in families)
-        return cls(tuple(families), tuple(family_of), names, len(set(names)) < len(names))
-
-
-_LAYOUTS: dict[tuple[str, ...], Layout] = {}
-LAYOUTS_MAX = 4096  # distinct sequences of metric names; past that, each is worked out anew
-
-
-def layout_of(samples: tuple[Sample, ...]) -> Layout:
-    metrics = tuple(map(_metric, samples))
-    layout = _LAYOUTS.get(metrics)
-    if layout is None:
-        layout = Layout.of(metrics)
-        if len(_LAYOUTS) < LAYOUTS_MAX:
-            _LAYOUTS[metrics] = layout
-    return layout
 
 
 def render_device(reading: Reading, groups: frozenset[Group] | None = None) -> dict[str, bytes]:

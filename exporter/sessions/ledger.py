@@ -31,7 +31,15 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from exporter.catalogue import table as cat
-from exporter.reading import Labels, Reading, Sample, label_pair, shared_sample
+from exporter.reading import (
+    Labels,
+    Reading,
+    Sample,
+    label_pair,
+    layout_of,
+    samples_of,
+    shared_sample,
+)
 
 from .tariffs import NO_TARIFF, Tariff
 
@@ -97,44 +105,31 @@ class Observed:
     phases_used: int = 0
 
 
-_OBSERVED = frozenset(
-    {
-        "lektrico_charger_state",
-        "lektrico_session_id",
-        "lektrico_session_energy_joules",
-        "lektrico_energy_joules_total",
-        "lektrico_last_session_energy_joules",
-        "lektrico_power_watts",
-        "lektrico_current_limit_reason",
-        "lektrico_current_amperes",
-    }
-)
-
-
 def observe(reading: Reading) -> Observed:
     obs = Observed(reading.time)
-    amps = 0
-    for metric, labels, value in reading.samples:
-        if metric not in _OBSERVED:
-            continue
-        if metric == "lektrico_charger_state":
-            if value == 1.0 and labels:
-                obs.state = labels[0][1]
-        elif metric == "lektrico_session_id":
-            obs.session_id = int(value)
-        elif metric == "lektrico_session_energy_joules":
-            obs.energy_wh = value / WH
-        elif metric == "lektrico_energy_joules_total":
-            obs.total_wh = value / WH
-        elif metric == "lektrico_last_session_energy_joules":
-            obs.last_session_wh = value / WH
-        elif metric == "lektrico_power_watts":
-            obs.power = value
-        elif metric == "lektrico_current_limit_reason":
-            if value == 1.0 and labels:
-                obs.reason = labels[0][1]
-        elif metric == "lektrico_current_amperes" and abs(value) > PHASE_AMPS:
-            amps += 1
+    samples = reading.samples
+    layout = layout_of(samples)  # the few metrics observed, not a loop over every sample
+
+    def of(metric: str) -> tuple[Sample, ...]:
+        return samples_of(samples, layout, metric)
+
+    for _, labels, value in of("lektrico_charger_state"):
+        if value == 1.0 and labels:
+            obs.state = labels[0][1]
+    for _, labels, value in of("lektrico_current_limit_reason"):
+        if value == 1.0 and labels:
+            obs.reason = labels[0][1]
+    for s in of("lektrico_session_id"):
+        obs.session_id = int(s.value)
+    for s in of("lektrico_session_energy_joules"):
+        obs.energy_wh = s.value / WH
+    for s in of("lektrico_energy_joules_total"):
+        obs.total_wh = s.value / WH
+    for s in of("lektrico_last_session_energy_joules"):
+        obs.last_session_wh = s.value / WH
+    for s in of("lektrico_power_watts"):
+        obs.power = s.value
+    amps = sum(1 for s in of("lektrico_current_amperes") if abs(s.value) > PHASE_AMPS)
     obs.phases_used = amps
     return obs
 
@@ -490,10 +485,13 @@ class DeviceLedger:
     # ---- meters -----------------------------------------------------------------------------
 
     def _meter(self, reading: Reading) -> None:
+        samples = reading.samples
         powers = {
             labels[0][1]: value
-            for metric, labels, value in reading.samples
-            if metric == "lektrico_meter_power_watts" and labels
+            for _, labels, value in samples_of(
+                samples, layout_of(samples), "lektrico_meter_power_watts"
+            )
+            if labels
         }
         t = reading.time
         for phase in powers:  # every series from the first poll on, at 0 until energy flows

@@ -21,7 +21,7 @@ from typing import Any
 from exporter.catalogue import table as cat
 from exporter.config.addresses import parse_endpoint
 from exporter.device.poller import DeviceState
-from exporter.reading import Labels, Reading
+from exporter.reading import Labels, Reading, layout_of, samples_of
 
 MAX_FAILURES = 20
 MAX_PAGE = 500
@@ -254,49 +254,32 @@ def _bucket(counts: list[float] | None) -> dict[str, float]:
     }
 
 
-# The metrics a row is made from (summarise).
-_SHOWN = frozenset(
-    {
-        cat.IDENTITY_INFO,
-        "lektrico_charger_state",
-        "lektrico_power_watts",
-        "lektrico_meter_power_watts",
-        "lektrico_session_energy_joules",
-        "lektrico_temperature_celsius",
-        "lektrico_wifi_signal_dbm",
-        "lektrico_error_active",
-    }
-)
-
-
 def summarise(reading: Reading, st: DeviceStatus) -> dict[str, Any]:
     """The row of one device: only what the table shows, in display units."""
     info: dict[str, str] = {}
     state = None
     power = meter_power = None
     session_j = temperature = rssi = None
-    active: list[str] = []
-    for s in reading.samples:
-        m = s.metric
-        if m not in _SHOWN:  # most of a reading's hundred samples: one set lookup each
-            continue
-        if m == cat.IDENTITY_INFO:
-            info = dict(s.labels)
-        elif m == "lektrico_charger_state":
-            if s.value == 1:
-                state = s.labels[0][1]
-        elif m == "lektrico_power_watts":
-            power = s.value
-        elif m == "lektrico_meter_power_watts":
-            meter_power = (meter_power or 0.0) + s.value
-        elif m == "lektrico_session_energy_joules":
-            session_j = s.value
-        elif m == "lektrico_temperature_celsius":
-            temperature = s.value
-        elif m == "lektrico_wifi_signal_dbm":
-            rssi = s.value
-        elif m == "lektrico_error_active" and s.value == 1:
-            active.append(s.labels[0][1])
+    samples = reading.samples
+    layout = layout_of(samples)  # the few metrics shown, not a loop over a hundred samples
+    for s in samples_of(samples, layout, cat.IDENTITY_INFO):
+        info = dict(s.labels)
+    for s in samples_of(samples, layout, "lektrico_charger_state"):
+        if s.value == 1:
+            state = s.labels[0][1]
+    for s in samples_of(samples, layout, "lektrico_power_watts"):
+        power = s.value
+    for s in samples_of(samples, layout, "lektrico_meter_power_watts"):
+        meter_power = (meter_power or 0.0) + s.value
+    for s in samples_of(samples, layout, "lektrico_session_energy_joules"):
+        session_j = s.value
+    for s in samples_of(samples, layout, "lektrico_temperature_celsius"):
+        temperature = s.value
+    for s in samples_of(samples, layout, "lektrico_wifi_signal_dbm"):
+        rssi = s.value
+    active = [
+        s.labels[0][1] for s in samples_of(samples, layout, "lektrico_error_active") if s.value == 1
+    ]
     if power is None:
         power = meter_power
     kwh = None if session_j is None else round(session_j / cat.KWH, 3)
