@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import operator
+from array import array
 from dataclasses import dataclass
 from itertools import groupby
 from typing import NamedTuple
@@ -72,28 +73,29 @@ class Layout:
     """Where each metric's samples are in a reading with this sequence of metric names.
 
     Devices of one kind and firmware share one, so an output finds the few metrics it reads,
-    or the families that changed, without a loop in Python over a reading's hundred samples."""
+    or the families that changed, without a loop in Python over a reading's hundred samples.
+    Kept compact (a fleet may have a few hundred): per sample four bytes, per run a few ints."""
 
     families: tuple[tuple[str, int, int], ...]  # runs of one metric: (name, start, end), in order
-    family_of: tuple[int, ...]  # per sample: the index of its run in `families`
+    family_of: array[int]  # per sample: the index of its run in `families`
     names: tuple[str, ...]  # the runs' metric names
     split: bool  # a metric in two runs (not contiguous)
-    runs: dict[str, tuple[tuple[int, int], ...]]  # metric → its runs' (start, end)
+    runs: dict[str, tuple[int, ...]]  # metric → its runs as start, end, start, end, ...
 
     @classmethod
     def of(cls, metrics: tuple[str, ...]) -> Layout:
         families: list[tuple[str, int, int]] = []
-        family_of: list[int] = []
-        runs: dict[str, tuple[tuple[int, int], ...]] = {}
+        family_of = array("I")
+        runs: dict[str, tuple[int, ...]] = {}
         at = 0
         for name, group in groupby(metrics):
             size = sum(1 for _ in group)
             family_of.extend([len(families)] * size)
             families.append((name, at, at + size))
-            runs[name] = (*runs.get(name, ()), (at, at + size))
+            runs[name] = (*runs.get(name, ()), at, at + size)
             at += size
         names = tuple(f[0] for f in families)
-        return cls(tuple(families), tuple(family_of), names, len(runs) < len(names), runs)
+        return cls(tuple(families), family_of, names, len(runs) < len(names), runs)
 
 
 _LAYOUTS: dict[tuple[str, ...], Layout] = {}
@@ -121,10 +123,9 @@ def samples_of(samples: tuple[Sample, ...], layout: Layout, metric: str) -> tupl
     runs = layout.runs.get(metric)
     if runs is None:
         return ()
-    if len(runs) == 1:
-        start, end = runs[0]
-        return samples[start:end]
-    return tuple(s for start, end in runs for s in samples[start:end])
+    if len(runs) == 2:
+        return samples[runs[0] : runs[1]]
+    return tuple(s for at in range(0, len(runs), 2) for s in samples[runs[at] : runs[at + 1]])
 
 
 _recent: tuple[tuple[Sample, ...], Layout] = ((), Layout.of(()))

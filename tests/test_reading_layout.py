@@ -36,7 +36,7 @@ def test_a_metric_in_two_places_is_split_and_keeps_both_runs() -> None:
     layout = layout_of(samples)
 
     assert layout.split
-    assert layout.runs["lektrico_up"] == ((0, 1), (2, 3))
+    assert layout.runs["lektrico_up"] == (0, 1, 2, 3)
     assert [s.value for s in samples_of(samples, layout, "lektrico_up")] == [1.0, 3.0]
 
 
