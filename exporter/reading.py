@@ -72,34 +72,37 @@ class Reading:
 class Layout:
     """Where each metric's samples are in a reading with this sequence of metric names.
 
-    Devices of one kind and firmware share one, so an output finds the few metrics it reads,
-    or the families that changed, without a loop in Python over a reading's hundred samples.
-    Kept compact (a fleet may have a few hundred): per sample four bytes, per run a few ints."""
+    Devices of one kind, firmware and history share one, so an output finds the few metrics it
+    reads, or the families that changed, without a loop in Python over a reading's hundred
+    samples. A fleet has hundreds or thousands (the series of poll errors, dropped values and
+    derived counters a device has vary), so each is a few arrays: about 1.5 KB."""
 
-    families: tuple[tuple[str, int, int], ...]  # runs of one metric: (name, start, end), in order
-    family_of: array[int]  # per sample: the index of its run in `families`
-    names: tuple[str, ...]  # the runs' metric names
+    names: tuple[str, ...]  # each run's metric name, in order
+    bounds: array[int]  # run i is samples[bounds[i] : bounds[i + 1]]
+    family_of: array[int]  # per sample: the index of its run
     split: bool  # a metric in two runs (not contiguous)
-    runs: dict[str, tuple[int, ...]]  # metric → its runs as start, end, start, end, ...
 
     @classmethod
     def of(cls, metrics: tuple[str, ...]) -> Layout:
-        families: list[tuple[str, int, int]] = []
+        names: list[str] = []
+        bounds = array("I", [0])
         family_of = array("I")
-        runs: dict[str, tuple[int, ...]] = {}
-        at = 0
         for name, group in groupby(metrics):
             size = sum(1 for _ in group)
-            family_of.extend([len(families)] * size)
-            families.append((name, at, at + size))
-            runs[name] = (*runs.get(name, ()), at, at + size)
-            at += size
-        names = tuple(f[0] for f in families)
-        return cls(tuple(families), family_of, names, len(runs) < len(names), runs)
+            family_of.extend([len(names)] * size)
+            names.append(name)
+            bounds.append(bounds[-1] + size)
+        return cls(tuple(names), bounds, family_of, len(set(names)) < len(names))
+
+    def run(self, index: int) -> tuple[str, int, int]:
+        return self.names[index], self.bounds[index], self.bounds[index + 1]
+
+    def same(self, other: Layout) -> bool:
+        return self is other or (self.names == other.names and self.bounds == other.bounds)
 
 
 _LAYOUTS: dict[tuple[str, ...], Layout] = {}
-LAYOUTS_MAX = 4096  # distinct sequences of metric names; past that, each is worked out anew
+LAYOUTS_MAX = 2048  # distinct sequences of metric names kept; past that, each is worked out anew
 _metric = operator.itemgetter(0)
 
 
@@ -120,12 +123,13 @@ def layout_of(samples: tuple[Sample, ...]) -> Layout:
 
 def samples_of(samples: tuple[Sample, ...], layout: Layout, metric: str) -> tuple[Sample, ...]:
     """The samples of one metric, in the reading's order."""
-    runs = layout.runs.get(metric)
-    if runs is None:
+    if layout.split:
+        return tuple(s for s in samples if s.metric == metric)
+    try:
+        index = layout.names.index(metric)
+    except ValueError:
         return ()
-    if len(runs) == 2:
-        return samples[runs[0] : runs[1]]
-    return tuple(s for at in range(0, len(runs), 2) for s in samples[runs[at] : runs[at + 1]])
+    return samples[layout.bounds[index] : layout.bounds[index + 1]]
 
 
 _recent: tuple[tuple[Sample, ...], Layout] = ((), Layout.of(()))

@@ -22,7 +22,7 @@ def test_samples_of_a_metric_are_those_a_filter_gives_in_order(
             s for s in samples if s.metric == metric
         ]
     assert [samples[i].metric for i in range(len(samples))] == [
-        layout.families[f][0] for f in layout.family_of
+        layout.names[f] for f in layout.family_of
     ]
     assert layout.split == (len(set(layout.names)) < len(layout.names))
 
@@ -36,7 +36,7 @@ def test_a_metric_in_two_places_is_split_and_keeps_both_runs() -> None:
     layout = layout_of(samples)
 
     assert layout.split
-    assert layout.runs["lektrico_up"] == (0, 1, 2, 3)
+    assert layout.names == ("lektrico_up", "lektrico_power_watts", "lektrico_up")
     assert [s.value for s in samples_of(samples, layout, "lektrico_up")] == [1.0, 3.0]
 
 

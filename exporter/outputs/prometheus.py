@@ -180,10 +180,10 @@ class Exposition:
             self._publish_whole(reading, slot)
             return
         last = self._last.get(device)
-        families = layout.families
         if (
             last is not None
-            and last.layout is layout
+            and last.layout is not None
+            and last.layout.same(layout)
             and last.reading.user_labels == reading.user_labels
         ):
             base = last.base
@@ -193,9 +193,9 @@ class Exposition:
             )
         else:
             base = label_text((("device", device), *reading.user_labels))
-            changed = range(len(families))
+            changed = range(len(layout.names))
         for index in changed:
-            name, start, end = families[index]
+            name, start, end = layout.run(index)
             self._set(name, slot, "".join([_line(base, s) for s in samples[start:end]]).encode())
         if last is None or last.present != layout.names:
             self._clear_absent(last, slot, layout.names)
