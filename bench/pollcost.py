@@ -4,6 +4,7 @@
     .venv/bin/python -m bench.pollcost --interval 0.25 --timeout 0.2    # flat out
     .venv/bin/python -m bench.pollcost --interval 15 --memory          # live memory per device
     .venv/bin/python -m bench.pollcost --profile                       # cProfile of the window
+        # (with LEKTRICO_PROFILE_OUT=FILE, also written there for pstats or snakeviz)
     .venv/bin/python -m bench.pollcost --loop poll --concurrency 100   # no scheduler, flat out
     .venv/bin/python -m bench.pollcost --loop full --devices 600 --concurrency 100 --py-spy
         # flat out through the app's whole sink chain, sampled by py-spy
