@@ -14,16 +14,18 @@ the exporter's Poller with an Exposition as its only sink, on the exporter's run
 (exporter.cli.run: uvloop and its GC settings; LEKTRICO_NO_UVLOOP=1 and LEKTRICO_DEFAULT_GC=1
 switch those off), waits `--settle` s for first polls and slow methods, and prints, over a
 `--window` s window: polls/s, the share on time, CPU ms per poll (this process's
-time.process_time), requests per poll and devices up. `--memory` traces allocations instead
-(tracemalloc slows polls, so use a long interval) and prints live KB per device with the
-largest allocation sites. bench.run is the full benchmark, with the exporter as its own
-process; this one is for comparing one change with the next on the same machine.
+time.process_time), requests per poll and devices up; with --loop, also the kernel's
+connection table by state, where /proc/net/nf_conntrack can be read. `--memory` traces
+allocations instead (tracemalloc slows polls, so use a long interval) and prints live KB per
+device with the largest allocation sites. bench.run is the full benchmark, with the exporter
+as its own process; this one is for comparing one change with the next on the same machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import cProfile
 import gc
 import os
@@ -274,12 +276,34 @@ async def flat_out(opts: argparse.Namespace, poller: Poller, workdir: Path) -> N
         f" CPU {1000 * cpu / max(done, 1):.3f} ms each ({cpu / wall:.2f} cores),"
         f" {requests / max(done, 1):.3f} requests each"
     )
+    tracked = conntrack_states()
+    if tracked:
+        print(
+            "kernel connection tracking after the window: "
+            + ", ".join(f"{n:,} {state}" for state, n in tracked.most_common())
+            + " (a closed connection stays 120 s as TIME_WAIT, a reset one 10 s as CLOSE)"
+        )
     if profile:
         pstats.Stats(profile).sort_stats("tottime").print_stats(25)
         if os.environ.get("LEKTRICO_PROFILE_OUT"):
             profile.dump_stats(os.environ["LEKTRICO_PROFILE_OUT"])
     if spy is not None:
         print_shares(await spy)
+
+
+def conntrack_states() -> collections.Counter[str]:
+    """TCP entries of the kernel's connection table by state; empty where it cannot be read
+    (no netfilter, or not allowed)."""
+    states: collections.Counter[str] = collections.Counter()
+    try:
+        with open("/proc/net/nf_conntrack") as table:
+            for line in table:
+                fields = line.split(maxsplit=6)
+                if len(fields) > 5 and fields[2] == "tcp":
+                    states[fields[5]] += 1
+    except OSError:
+        pass
+    return states
 
 
 def print_shares(summary: dict[str, Any]) -> None:
