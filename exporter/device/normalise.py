@@ -386,6 +386,11 @@ _KIND_ROWS = {
     for kind in (cat.CHARGER, cat.METER)
 }
 _TIMED = frozenset(i for i, m in enumerate(_ROWS) if cat.time_dependent(m.extract))
+# Per (method, key) pair, the rows that read it.
+_ROWS_READING: dict[tuple[str, str], tuple[int, ...]] = {}
+for _i, _pairs in enumerate(_DEPENDS):
+    for _pair in _pairs:
+        _ROWS_READING[_pair] = (*_ROWS_READING.get(_pair, ()), _i)
 _ABSENT = object()
 _NO_SPANS = array("i", [-1, 0] * len(_ROWS))
 # A value equal to the last one but of another type can give other samples: 1 and True (a
@@ -452,16 +457,19 @@ class Memo:
     and of the same JSON type), the row's samples are the last ones, and the values the row
     dropped then are counted as dropped again. Most of a charger's values are the same from one
     poll to the next, and the slow and identity methods' replies are the very same objects, so
-    most rows cost a few dict lookups instead of conversions, checks and new samples.
+    most rows cost nothing: the last samples are copied whole, and only the rows whose inputs
+    changed are worked out and written over their old places (`_splice`). A row whose number
+    of samples changes moves the rows after it, and then the whole list is laid out again.
 
     The caller must pass a new replies mapping when replies change, never the last one mutated
     (the memo keeps the last one to compare with).
     """
 
-    __slots__ = ("drops", "minute", "model", "replies", "samples", "spans")
+    __slots__ = ("drops", "groups", "minute", "model", "replies", "samples", "spans")
 
     def __init__(self) -> None:
         self.model: Model | None = None
+        self.groups: frozenset[Group] = frozenset()
         self.replies: Replies = {}
         self.samples: tuple[Sample, ...] = ()
         # Row i's samples are samples[spans[2i] : spans[2i] + spans[2i + 1]]; the start is -1
@@ -479,13 +487,63 @@ class Memo:
         groups: frozenset[Group],
         now: float | None = None,
     ) -> list[Sample]:
-        valid = model is self.model
-        old, last, spans, drops = self.replies, self.samples, self.spans, self.drops
         ex = Extractor(model, replies, dropped, now)
+        valid = model is self.model
+        changed = changed_inputs(self.replies, replies) if valid else set()
+        if valid and groups == self.groups:
+            out = self._splice(ex, changed, dropped)
+            if out is not None:
+                self.replies = replies
+                return out
+        return self._lay_out(ex, groups, valid, changed, dropped)
+
+    def _splice(
+        self, ex: Extractor, changed: set[tuple[str, str]], dropped: Counter[str]
+    ) -> list[Sample] | None:
+        """The last samples with the changed rows worked out again in their places; None when
+        one of them now has another number of samples (nothing is kept or counted then)."""
+        spans = self.spans
+        rows = {i for pair in changed for i in _ROWS_READING.get(pair, ()) if spans[2 * i] >= 0}
+        timed = [i for i in _TIMED if spans[2 * i] >= 0]
+        if timed:
+            minute = ex.week_minute()
+            if minute is None or minute != self.minute:
+                rows.update(timed)
+        out = list(self.samples)
+        kept: dict[int, tuple[str, ...]] = {}
+        for i in sorted(rows):
+            mine: Counter[str] = Counter()
+            ex.dropped = mine
+            samples = ex.samples(_ROWS[i])
+            at, n = spans[2 * i], spans[2 * i + 1]
+            if len(samples) != n:
+                return None
+            out[at : at + n] = samples
+            if mine:
+                kept[i] = tuple(mine.elements())
+        for i, reasons in self.drops.items():
+            if i not in rows:
+                kept[i] = reasons
+        for reasons in kept.values():
+            dropped.update(reasons)
+        self.samples, self.drops, self.minute = tuple(out), kept, ex.minute
+        return out
+
+    def _lay_out(
+        self,
+        ex: Extractor,
+        groups: frozenset[Group],
+        valid: bool,
+        changed: set[tuple[str, str]],
+        dropped: Counter[str],
+    ) -> list[Sample]:
+        """Every row of the model in `groups`, each reused where it is `valid` (the same
+        model as last time) and its inputs are not among the `changed` ones."""
+        model, replies = ex.model, ex.replies
+        last, spans, drops = self.samples, self.spans, self.drops
         out: list[Sample] = []
         new_drops: dict[int, tuple[str, ...]] = {}
         new_spans = array("i", _NO_SPANS)
-        changed = changed_inputs(old, replies) if valid else set()
         for i, metric, depends in _KIND_ROWS[model.kind]:
             if metric.group not in groups:
                 continue
@@ -513,7 +571,7 @@ class Memo:
                     new_drops[i] = tuple(mine.elements())
             new_spans[2 * i] = start
             new_spans[2 * i + 1] = len(out) - start
-        self.model, self.replies = model, replies
+        self.model, self.groups, self.replies = model, groups, replies
         self.samples, self.spans, self.drops = tuple(out), new_spans, new_drops
         self.minute = ex.minute
         return out
