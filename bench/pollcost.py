@@ -46,6 +46,7 @@ from exporter.cli import run as exporter_runtime
 from exporter.device.poller import DeviceState, Poller, PollSettings, Target
 from exporter.outputs.prometheus import Exposition
 from harness.processes import PY, Processes
+from harness.procfs import group_cpu
 
 
 def parse_args() -> argparse.Namespace:
@@ -122,7 +123,7 @@ def full_exporter(settings: PollSettings, state_dir: Path, metrics: SelfMetrics)
 
 
 async def measure(
-    opts: argparse.Namespace, targets: list[dict[str, object]], workdir: Path
+    opts: argparse.Namespace, targets: list[dict[str, object]], workdir: Path, simulator: int
 ) -> None:
     metrics = SelfMetrics()
     timeout = opts.timeout if opts.timeout is not None else min(5.0, opts.interval / 3)
@@ -139,7 +140,7 @@ async def measure(
         for t in targets
     )
     if opts.loop:
-        await flat_out(opts, poller, workdir)
+        await flat_out(opts, poller, workdir, simulator)
         await poller.close()
         if app is not None and app.sessions is not None:
             await app.sessions.stop()
@@ -222,8 +223,9 @@ def rss_bytes() -> int:
     return 0
 
 
-async def flat_out(opts: argparse.Namespace, poller: Poller, workdir: Path) -> None:
-    """Workers polling flat out, after one first poll of every device (not measured)."""
+async def flat_out(opts: argparse.Namespace, poller: Poller, workdir: Path, simulator: int) -> None:
+    """Workers polling flat out, after one first poll of every device (not measured); the
+    `simulator` is the process group whose CPU a request is printed too."""
     states = list(poller.devices.values())
     workers = opts.concurrency
 
@@ -257,7 +259,7 @@ async def flat_out(opts: argparse.Namespace, poller: Poller, workdir: Path) -> N
     done = 0
     requests0 = sum(st.client.requests for st in states)
     profile = cProfile.Profile() if opts.profile else None
-    cpu0, t0 = time.process_time(), time.monotonic()
+    cpu0, sim0, t0 = time.process_time(), group_cpu(simulator), time.monotonic()
     deadline = t0 + opts.window
     if profile:
         profile.enable()
@@ -270,11 +272,14 @@ async def flat_out(opts: argparse.Namespace, poller: Poller, workdir: Path) -> N
     if profile:
         profile.disable()
     cpu, wall = time.process_time() - cpu0, time.monotonic() - t0
+    sim_cpu = group_cpu(simulator) - sim0
     requests = sum(st.client.requests for st in states) - requests0
     print(
         f"devices {opts.devices}, {opts.loop} flat out, {workers} workers: {done / wall:,.0f}/s,"
         f" CPU {1000 * cpu / max(done, 1):.3f} ms each ({cpu / wall:.2f} cores),"
-        f" {requests / max(done, 1):.3f} requests each"
+        f" {requests / max(done, 1):.3f} requests each;"
+        f" the simulator {1000 * sim_cpu / max(requests, 1):.3f} ms a request"
+        f" ({sim_cpu / wall:.2f} cores)"
     )
     tracked = conntrack_states()
     if tracked:
@@ -353,7 +358,7 @@ async def simulate_and_measure(opts: argparse.Namespace, procs: Processes) -> No
     if not await procs.wait_output(sim, "simulator", b"simulating", 60 + opts.devices / 100):
         raise SystemExit(f"the simulator did not start: {procs.workdir / 'simulator.err'}")
     targets = yaml.safe_load(targets_file.read_text())["devices"]
-    await measure(opts, targets, procs.workdir)
+    await measure(opts, targets, procs.workdir, sim.pid)
 
 
 def main() -> int:
