@@ -811,6 +811,61 @@ def test_cli_serves_twenty_devices_from_two_processes(tmp_path: Path) -> None:
     assert calls["total"] == 20 and len(calls["by_device"]) == 20
 
 
+@pytest.mark.timeout(40)  # a worker stuck on a full pipe hangs the control API
+def test_cli_control_replies_larger_than_a_pipe_buffer_come_through(tmp_path: Path) -> None:
+    """A worker answers the control API over a pipe; a fleet's device list is far larger than
+    the pipe's 64 KiB buffer, and must arrive whole on either event loop."""
+    rng = random.Random()
+    base = f"127.2.{rng.randrange(10, 250)}.1"
+    port, control_port = rng.randrange(20000, 32000), free_port()
+    targets = tmp_path / "targets.yaml"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "exporter.simulator.cli",
+            "--devices",
+            "6000",
+            "--processes",
+            "2",
+            "--address-base",
+            base,
+            "--port",
+            str(port),
+            "--targets-file",
+            str(targets),
+            "--control",
+            f"127.0.0.1:{control_port}",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+    async def ask() -> tuple[int, bytes]:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session,
+            session.get(f"http://127.0.0.1:{control_port}/devices") as response,
+        ):
+            return response.status, await response.read()
+
+    try:
+        assert process.stdout is not None
+        ready = process.stdout.readline()
+        assert "simulating 6000 devices" in ready, process.stderr.read() if process.stderr else ""
+        status, body = asyncio.run(ask())
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert status == 200 and len(body) > 2 * 65536
+    assert len(json.loads(body)["devices"]) == 6000
+
+
 async def _poll_cli_fleet(
     devices: list[dict[str, Any]], control_port: int
 ) -> tuple[dict[str, int], dict[str, str], dict[str, Any]]:

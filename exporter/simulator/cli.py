@@ -411,6 +411,9 @@ async def _worker(specs: list[DeviceSpec], options: _FleetOptions, conn: Connect
     conn.send({"ready": True})
 
     def on_message() -> None:
+        # uvloop makes a watched descriptor non-blocking, and a Connection sends and receives
+        # a message larger than the pipe's buffer only on a blocking one.
+        os.set_blocking(conn.fileno(), True)
         try:
             message = conn.recv()
         except EOFError:  # the parent is gone
