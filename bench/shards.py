@@ -105,6 +105,8 @@ async def shards_phase(
     seconds = t1 - t0
     replicas = []
     for i in range(count):
+        # Each replica's counters are read one scrape after the one before (a scrape of 25,000
+        # devices takes seconds), so its rates are over its own window, not the whole phase's.
         (ta, a), (tb, b) = before[i], after[i]
         polls = b["lektrico_polls_total"] - a["lektrico_polls_total"]
         late = b["lektrico_polls_late_total"] - a["lektrico_polls_late_total"]
@@ -115,7 +117,9 @@ async def shards_phase(
                 "devices": len(owned[i]),
                 "devices_up": b["lektrico_devices_up"],
                 "steady": steady[i],
+                "window_seconds": tb - ta,
                 "polls": polls,
+                "polls_per_second": polls / (tb - ta),
                 "polls_late": late,
                 "polls_due": due,
                 "on_time_share": max(0.0, (polls - late) / due) if due else 0.0,
@@ -133,7 +137,7 @@ async def shards_phase(
         "devices": n,
         "replicas": replicas,
         "window_seconds": seconds,
-        "polls_per_second": polls / seconds,
+        "polls_per_second": sum(r["polls_per_second"] for r in replicas),
         "expected_polls_per_second": n / opts.interval,
         "on_time_share": max(0.0, on_time / due) if due else 0.0,
         "cores": cores,

@@ -63,7 +63,13 @@ MAX_SLOW_PER_POLL = 2
 # Requests a device's first poll may send, identification included (the vendor's client
 # sends 5 or 6 for a first reading); the slow methods left over follow, MAX_SLOW_PER_POLL a poll.
 FIRST_POLL_REQUESTS = {cat.CHARGER: 8, cat.METER: 5}
-TICK = 0.02  # the scheduler wakes at most this often (s)
+# The scheduler wakes at most this often (s), and starts every poll due by then together. A
+# tenth of a second: at 667 polls a second (10,000 devices at 15 s) a tick starts about 67
+# polls at once, and their connections, requests and replies share the loop's passes and the
+# kernel's event batches, where 20 ms ticks of 13 polls each cost 30 % more CPU a poll
+# (bench.pollcost, 2,000 devices at 3 s: 0.375-0.386 against 0.250-0.291 ms). Longer ticks
+# saved no more. A poll then starts up to 0.1 s late, nothing against an interval of seconds.
+TICK = 0.1
 LAG_LIMIT = 1.0  # s: a poll starting later than this after it was due means the poller is behind
 HEALTH_ONLY = frozenset({cat.Group.HEALTH})
 HEALTH_AND_LIVE = frozenset({cat.Group.HEALTH, cat.Group.LIVE})
