@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import json
@@ -14,7 +15,7 @@ import sys
 import time
 import zlib
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -754,10 +755,16 @@ def test_cli_refuses_non_loopback_address() -> None:
     assert "127.0.0.0/8" in result.stderr
 
 
-def test_cli_serves_twenty_devices_from_two_processes(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def cli_fleet(
+    tmp_path: Path, devices: int, net: str, *extra: str
+) -> Iterator[tuple[list[dict[str, Any]], int, int]]:
+    """`simulate` serving `devices` from two processes on 127.<net>.x.y: the targets it wrote,
+    their port and the control API's port, once it says every device listens; it must then
+    stop cleanly on SIGTERM."""
     rng = random.Random()
-    base = f"127.1.{rng.randrange(10, 250)}.1"
-    # The devices listen on their own 127.1.x.y addresses; the control API on 127.0.0.1 gets
+    base = f"127.{net}.{rng.randrange(10, 250)}.1"
+    # The devices listen on their own 127.x.y.z addresses; the control API on 127.0.0.1 gets
     # a port the kernel says is free: a random one in the ephemeral range (32768-60999) can be
     # taken by one of the many client connections the suite opens from 127.0.0.1.
     port, control_port = rng.randrange(20000, 32000), free_port()
@@ -768,7 +775,7 @@ def test_cli_serves_twenty_devices_from_two_processes(tmp_path: Path) -> None:
             "-m",
             "exporter.simulator.cli",
             "--devices",
-            "20",
+            str(devices),
             "--processes",
             "2",
             "--address-base",
@@ -779,8 +786,7 @@ def test_cli_serves_twenty_devices_from_two_processes(tmp_path: Path) -> None:
             str(targets),
             "--control",
             f"127.0.0.1:{control_port}",
-            "--fault",
-            "sim-0002=http500",
+            *extra,
         ],
         cwd=REPO,
         stdout=subprocess.PIPE,
@@ -791,15 +797,21 @@ def test_cli_serves_twenty_devices_from_two_processes(tmp_path: Path) -> None:
     try:
         assert process.stdout is not None
         ready = process.stdout.readline()  # printed once every device listens
-        assert "simulating 20 devices" in ready, process.stderr.read() if process.stderr else ""
-        devices = yaml.safe_load(targets.read_text())["devices"]
-        results = asyncio.run(_poll_cli_fleet(devices, control_port))
+        assert f"simulating {devices} devices" in ready, (
+            process.stderr.read() if process.stderr else ""
+        )
+        yield yaml.safe_load(targets.read_text())["devices"], port, control_port
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=15) == 0
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_cli_serves_twenty_devices_from_two_processes(tmp_path: Path) -> None:
+    with cli_fleet(tmp_path, 20, "1", "--fault", "sim-0002=http500") as (devices, port, control):
+        results = asyncio.run(_poll_cli_fleet(devices, control))
     assert len(devices) == 20 and len({d["host"] for d in devices}) == 20
     assert all(d["host"].startswith("127.1.") and d["host"].endswith(f":{port}") for d in devices)
     prefixes = {"1p7k": "1p7k_", "3p22k": "3p22k_", "em": "m2w_81", "3em": "m2w_83"}
@@ -815,53 +827,16 @@ def test_cli_serves_twenty_devices_from_two_processes(tmp_path: Path) -> None:
 def test_cli_control_replies_larger_than_a_pipe_buffer_come_through(tmp_path: Path) -> None:
     """A worker answers the control API over a pipe; a fleet's device list is far larger than
     the pipe's 64 KiB buffer, and must arrive whole on either event loop."""
-    rng = random.Random()
-    base = f"127.2.{rng.randrange(10, 250)}.1"
-    port, control_port = rng.randrange(20000, 32000), free_port()
-    targets = tmp_path / "targets.yaml"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "exporter.simulator.cli",
-            "--devices",
-            "6000",
-            "--processes",
-            "2",
-            "--address-base",
-            base,
-            "--port",
-            str(port),
-            "--targets-file",
-            str(targets),
-            "--control",
-            f"127.0.0.1:{control_port}",
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
 
-    async def ask() -> tuple[int, bytes]:
+    async def ask(control_port: int) -> tuple[int, bytes]:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session,
             session.get(f"http://127.0.0.1:{control_port}/devices") as response,
         ):
             return response.status, await response.read()
 
-    try:
-        assert process.stdout is not None
-        ready = process.stdout.readline()
-        assert "simulating 6000 devices" in ready, process.stderr.read() if process.stderr else ""
-        status, body = asyncio.run(ask())
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=15) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    with cli_fleet(tmp_path, 6000, "2") as (_, _, control):
+        status, body = asyncio.run(ask(control))
     assert status == 200 and len(body) > 2 * 65536
     assert len(json.loads(body)["devices"]) == 6000
 
