@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import resource
 import signal
 from dataclasses import dataclass, field
@@ -268,7 +269,7 @@ class Exporter:
 
     async def start(self) -> None:
         large = len(self.config.devices) >= MALLOC_FROM or self.config.discovery.enabled
-        if large and fix_malloc_thresholds():
+        if large and fix_malloc_thresholds() and not os.environ.get("LEKTRICO_NO_TRIM"):
             self.web.trimmer = Trimmer.for_this_process()
         settings = load_web_config(self.config.web.config_file)
         await self._start_discovery(self.config)  # first: fails before anything else runs

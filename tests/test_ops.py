@@ -251,10 +251,11 @@ async def test_the_trimmer_gives_free_pages_inside_the_heap_back() -> None:
     assert trimmer.trims == 1
 
 
-@pytest.mark.parametrize("devices", [1, MALLOC_FROM])
+@pytest.mark.parametrize(("devices", "no_trim"), [(1, ""), (MALLOC_FROM, ""), (MALLOC_FROM, "1")])
 async def test_a_large_fleets_metrics_once_sent_are_followed_by_a_trim(
-    devices: int, make_exporter: ExporterFactory
+    devices: int, no_trim: str, make_exporter: ExporterFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("LEKTRICO_NO_TRIM", no_trim)
     hosts = [{"name": f"d{i}", "host": f"127.0.0.{i + 2}:9"} for i in range(devices)]
     config = parse_config(
         f"listen: '127.0.0.1:{free_port()}'\ndevices: {json.dumps(hosts)}\n"
@@ -262,7 +263,7 @@ async def test_a_large_fleets_metrics_once_sent_are_followed_by_a_trim(
     )
     exp = await make_exporter(config)
     url = f"http://127.0.0.1:{exp.port}/metrics"
-    if devices < MALLOC_FROM or platform.libc_ver()[0] != "glibc":
+    if devices < MALLOC_FROM or no_trim or platform.libc_ver()[0] != "glibc":
         assert exp.web.trimmer is None
         return
     trimmer = exp.web.trimmer
