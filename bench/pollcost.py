@@ -39,12 +39,11 @@ from typing import Any
 import yaml
 
 from bench.pyspy import profile_exporter
-from exporter.app import Exporter
+from exporter.app import Exporter, fix_malloc_thresholds
 from exporter.catalogue import table as cat
 from exporter.catalogue.selfmetrics import SelfMetrics
 from exporter.cli import run as exporter_runtime
 from exporter.device.poller import DeviceState, Poller, PollSettings, Target
-from exporter.memory import fix_malloc_thresholds
 from exporter.outputs.prometheus import Exposition
 from harness.processes import PY, Processes
 from harness.procfs import group_cpu

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import json
 import logging
-import os
 import platform
 import time
 from pathlib import Path
@@ -15,10 +13,9 @@ import aiohttp
 import pytest
 
 import exporter.app as app_module
-from exporter.app import Exporter
+from exporter.app import MALLOC_FROM, Exporter, fix_malloc_thresholds
 from exporter.config.schema import load_config, parse_config
 from exporter.device import sharding
-from exporter.memory import MALLOC_FROM, Trimmer, fix_malloc_thresholds
 from exporter.simulator.server import DeviceSpec, SimulatedFleet
 from harness.processes import free_port
 
@@ -208,73 +205,3 @@ async def test_only_a_fleet_whose_metrics_can_pass_128_kib_fixes_the_malloc_thre
     await make_exporter(config)
 
     assert len(calls) == (1 if devices >= MALLOC_FROM else 0)
-
-
-def rss() -> int:
-    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-async def test_the_trimmer_gives_free_pages_inside_the_heap_back() -> None:
-    """Blocks below the mmap threshold, each freed between two that stay: the heap's top does
-    not move, so only malloc_trim returns their pages. The blocks that stay are as large as
-    the freed ones, so that no free chunk the process already has can hold them instead."""
-    if platform.libc_ver()[0] != "glibc":  # malloc_trim is glibc's: elsewhere no trimmer
-        assert Trimmer.for_this_process() is None
-        return
-    assert fix_malloc_thresholds()
-    trimmer = Trimmer.for_this_process()
-    assert trimmer is not None
-    libc = ctypes.CDLL(None)
-    libc.malloc.restype = ctypes.c_void_p
-    libc.malloc.argtypes = [ctypes.c_size_t]
-    libc.free.argtypes = [ctypes.c_void_p]
-    libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
-    count, size = 500, 64 * 1024
-    holes, pins = [], []
-    for _ in range(count):
-        hole = libc.malloc(size)
-        libc.memset(hole, 1, size)  # touched: its pages are resident
-        holes.append(hole)
-        pins.append(libc.malloc(size))
-    for hole in holes:
-        libc.free(hole)
-    before = rss()
-
-    trimmer.soon()
-    await until(lambda: trimmer._task is not None and trimmer._task.done())
-
-    given_back = before - rss()
-    for pin in pins:
-        libc.free(pin)
-    assert given_back > count * size / 2, f"{given_back / 1e6:.1f} MB given back"
-    trimmer.soon()  # within TRIM_EVERY of the last: nothing
-    assert trimmer.trims == 1
-
-
-@pytest.mark.parametrize(("devices", "no_trim"), [(1, ""), (MALLOC_FROM, ""), (MALLOC_FROM, "1")])
-async def test_a_large_fleets_metrics_once_sent_are_followed_by_a_trim(
-    devices: int, no_trim: str, make_exporter: ExporterFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("LEKTRICO_NO_TRIM", no_trim)
-    hosts = [{"name": f"d{i}", "host": f"127.0.0.{i + 2}:9"} for i in range(devices)]
-    config = parse_config(
-        f"listen: '127.0.0.1:{free_port()}'\ndevices: {json.dumps(hosts)}\n"
-        f"poll: {{interval: 60s, timeout: 1s}}\nstate: {{enabled: false}}"
-    )
-    exp = await make_exporter(config)
-    url = f"http://127.0.0.1:{exp.port}/metrics"
-    if devices < MALLOC_FROM or no_trim or platform.libc_ver()[0] != "glibc":
-        assert exp.web.trimmer is None
-        return
-    trimmer = exp.web.trimmer
-    assert trimmer is not None
-
-    status, body = await fetch(url, {"Accept-Encoding": "identity"})
-    assert status == 200 and "lektrico_up" in body
-    await until(lambda: trimmer.trims == 1)
-    await fetch(url, {"Accept-Encoding": "gzip"})
-    await asyncio.sleep(0.1)
-    assert trimmer.trims == 1  # at most one every TRIM_EVERY seconds
-    trimmer.every = 0.0
-    await fetch(url, {"Accept-Encoding": "gzip"})
-    await until(lambda: trimmer.trims == 2)

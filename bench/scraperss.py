@@ -1,21 +1,21 @@
-"""What the heap trim after each /metrics is worth: RSS under plain scrapes, trim on and off.
+"""The exporter's RSS under plain scrapes of a large fleet, and what its heap holds unused.
 
-    .venv/bin/python -m bench.heaptrim                  # 10,000 devices, 60 s of scrapes each
-    .venv/bin/python -m bench.heaptrim --devices 2000 --seconds 30
+    .venv/bin/python -m bench.scraperss                 # 10,000 devices, 60 s of scrapes
+    .venv/bin/python -m bench.scraperss --devices 2000 --seconds 30
 
-For each of the exporter as it is and with LEKTRICO_NO_TRIM=1: the simulator serves
-`--devices` devices, the exporter (bench.run's config: ledger on, 15 s interval) polls them,
-and once the first round is done this scrapes /metrics plain every `--every` s for `--seconds`
-s, printing the exporter's RSS after each scrape. Then, where gdb is installed, it stops the
+The simulator serves `--devices` devices, the exporter (bench.run's config: ledger on, 15 s
+interval) polls them, and once the first round is done this scrapes /metrics plain every
+`--every` s for `--seconds` s on one kept-alive connection, as Prometheus does, printing the
+exporter's RSS after each scrape. Then, where gdb is installed, it stops the
 exporter for one malloc_trim(0) of its own and prints what that gave back (what the exporter
-left in its heap) and its CPU time, from clock() either side.
+left in its heap) and its CPU time, from clock() either side, and the RSS a scrape interval
+later (whether the pages come back as the allocator reuses them).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
 import shutil
 import subprocess
@@ -36,7 +36,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=60.0, help="of scrapes (default 60)")
     p.add_argument("--every", type=float, default=3.0, help="s between scrapes (default 3)")
     p.add_argument("--settle", type=float, default=60.0, help="s before the first scrape")
-    p.add_argument("--out", default="bench/out/heaptrim")
+    p.add_argument("--out", default="bench/out/scraperss")
     return p.parse_args()
 
 
@@ -61,12 +61,10 @@ def gdb_trim(pid: int) -> tuple[int, float] | None:
     return before - rss_bytes(pid), (clocks[2] - clocks[0]) / 1e6
 
 
-async def one(opts: argparse.Namespace, trim: bool, out: Path) -> None:
+async def main(opts: argparse.Namespace, out: Path) -> None:
+    print(f"{opts.devices:,} devices, plain /metrics every {opts.every:g} s for {opts.seconds:g} s")
     settings = bench_args(["--sizes", str(opts.devices), "--out", str(out)])
     procs = Processes(out)
-    saved = os.environ.pop("LEKTRICO_NO_TRIM", None)
-    if not trim:
-        os.environ["LEKTRICO_NO_TRIM"] = "1"
     try:
         fleet = await start_simulator(procs, opts.devices, settings, out)
         port, config = free_port(), out / f"exporter-{opts.devices}.json"
@@ -80,11 +78,11 @@ async def one(opts: argparse.Namespace, trim: bool, out: Path) -> None:
             while time.monotonic() < end:
                 async with session.get(url, headers={"Accept-Encoding": "identity"}) as resp:
                     await resp.read()
-                await asyncio.sleep(0.5)  # a trim runs 0.2 s after a scrape is sent
+                await asyncio.sleep(0.5)
                 rss.append(rss_bytes(exporter.pid))
                 await asyncio.sleep(max(0.0, opts.every - 0.5))
         mb = [f"{r / 1e6:.0f}" for r in rss]
-        print(f"trim {'on ' if trim else 'off'}: RSS after each scrape, MB: {' '.join(mb)}")
+        print(f"RSS after each scrape, MB: {' '.join(mb)}")
         print(f"  last {rss[-1] / 1e6:.1f} MB, most {max(rss) / 1e6:.1f} MB", flush=True)
         trimmed = gdb_trim(exporter.pid)
         if trimmed is None:
@@ -92,17 +90,11 @@ async def one(opts: argparse.Namespace, trim: bool, out: Path) -> None:
         else:
             given, cpu = trimmed
             print(f"  one malloc_trim now: {given / 1e6:.1f} MB given back, {1000 * cpu:.1f} ms")
+            await asyncio.sleep(opts.every)
+            later = rss_bytes(exporter.pid) / 1e6
+            print(f"  RSS {opts.every:g} s later, polls going on: {later:.1f} MB")
     finally:
         await procs.stop_all()
-        os.environ.pop("LEKTRICO_NO_TRIM", None)
-        if saved is not None:
-            os.environ["LEKTRICO_NO_TRIM"] = saved
-
-
-async def main(opts: argparse.Namespace, out: Path) -> None:
-    print(f"{opts.devices:,} devices, plain /metrics every {opts.every:g} s for {opts.seconds:g} s")
-    for trim in (True, False):
-        await one(opts, trim, out)
 
 
 if __name__ == "__main__":
